@@ -1,0 +1,3 @@
+from uld.cli import main
+
+raise SystemExit(main())

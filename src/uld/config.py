@@ -1,0 +1,458 @@
+"""Typed experiment configuration.
+
+One schema (nested dataclasses) is filled from YAML, then dotted command-line overrides
+(``training.lr=2e-6``) are applied on top, then the result is validated. Unknown keys and values of
+the wrong type are errors that name the key and the file they came from. The resolved config is what
+every run folder stores (``config.yaml``) and what run ids are hashed from.
+
+Dependency rule: this module imports nothing from the rest of the package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "DataConfig",
+    "GenerationConfig",
+    "TrainingConfig",
+    "EvaluationConfig",
+    "ExperimentConfig",
+    "load_config",
+    "load_yaml_config",
+    "from_dict",
+    "to_dict",
+    "apply_overrides",
+    "dump_config",
+    "config_hash",
+    "expand_grid",
+    "HASH_EXCLUDED",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key (dotted path) and the source file."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    """A model, by registry short name (``experiments/models.yaml``) or by Hub id / local folder.
+
+    ``path`` overrides where the weights are read from (a local folder) without changing the model's
+    identity, so the same config runs on and offline and keeps the same run id.
+    """
+
+    name: str = ""
+    path: Optional[str] = None
+    revision: Optional[str] = None
+    dtype: Optional[str] = None  # None: the registry's setting ("float32", "bfloat16", "float16", "auto")
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Which task, which rows, and how they are cut into training / validation / test."""
+
+    task: str = "squad"
+    dir: Optional[str] = None  # local data folder (original formats); None: $ULD_DATA_DIR, else the Hub
+    train_size: Optional[int] = None  # first N rows of the training pool (None: all of it)
+    train_fraction: float = 1.0  # dataset-size ablation, applied to the training part only
+    fraction_mode: Literal["first", "random"] = "first"  # paper: the first N%
+    val_fraction: float = 0.1  # seeded hold-out of the training pool for checkpoint selection
+    split_seed: int = 42
+    test_size: Optional[int] = None  # first N rows of the evaluated split (None: all of it)
+    max_length: int = 1024  # prompt + answer tokens; the context is truncated, never the answer
+    teacher_shots: Optional[int] = None  # None: the paper's count for (teacher, task) from the registry
+    teacher_title: Optional[bool] = None  # None: the paper's setting for (teacher, task)
+
+
+@dataclass
+class GenerationConfig:
+    """Teacher answer generation (paper: greedy, 150 new tokens, first line kept)."""
+
+    max_new_tokens: int = 150
+    batch_size: int = 8
+    do_sample: bool = False
+    first_line: bool = True
+    top_k_signal: int = 256  # teacher signal cache: top-k sorted probabilities kept per answer token
+    store_signal: bool = True
+    chunk_size: int = 256  # rows per resumable chunk
+    backend: Literal["hf", "vllm"] = "hf"
+
+
+@dataclass
+class TrainingConfig:
+    """Student training. Defaults are the paper's (decoder students, lr preset ``paper``)."""
+
+    method: Literal["none", "sft-gold", "sft-teacher", "uld", "kd-kl", "uld-ot"] = "uld"
+    lam: float = 1.5
+    teacher_signal: Literal["cached", "online"] = "cached"
+    top_k: Optional[int] = None  # None: exact ULD over full vocabularies (online teacher only)
+    alignment: Literal["positional", "offsets"] = "positional"
+    reduction: Literal["sample", "token", "sum"] = "sample"
+    student_temperature: float = 1.0
+    teacher_temperature: float = 1.0
+    skip_student_eos: bool = True
+    loss_chunk_size: Optional[int] = None
+    ot_cost: Literal["uniform", "levenshtein", "embedding"] = "uniform"
+    ot_top_k: int = 32
+    ot_solver: Literal["emd", "sinkhorn"] = "emd"
+    ot_embedding_model: Optional[str] = None
+    lr: float = 1e-6
+    lr_preset: Optional[Literal["paper", "authors-jobs"]] = None  # paper: 1e-6, authors' jobs: 2e-6
+    weight_decay: float = 0.1
+    epochs: float = 5.0
+    max_steps: Optional[int] = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_grad_norm: Optional[float] = 1.0
+    warmup_ratio: float = 0.1
+    scheduler: Literal["onecycle", "constant", "linear"] = "onecycle"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    seed: int = 42
+    eval_every: Optional[int] = None  # optimizer steps between validation passes (None: each epoch)
+    save_every: Optional[int] = None  # optimizer steps between resumable checkpoints (None: each epoch)
+    select: Literal["best_val_loss", "last"] = "best_val_loss"
+    keep_last: bool = True
+    log_every: int = 10
+    num_workers: int = 0
+    trackers: list[str] = field(default_factory=list)  # e.g. ["tensorboard", "wandb"]
+
+
+@dataclass
+class EvaluationConfig:
+    """Generate-and-score on the task's test split."""
+
+    target: Literal["student", "teacher"] = "student"
+    checkpoint: Literal["best", "last"] = "best"
+    shots: int = 0  # student prompts are zero-shot (paper); >0 for student few-shot baselines
+    batch_size: int = 16
+    max_new_tokens: int = 150
+    first_line: bool = True
+    metrics: list[str] = field(default_factory=lambda: ["f1", "em", "rouge", "bertscore"])
+    references: Literal["authors", "complete"] = "authors"
+    rouge_stemming: bool = False
+    bertscore_model: str = "roberta-large"
+    bertscore_path: Optional[str] = None  # local folder for the BERTScore model (offline)
+    bertscore_rescale: bool = True
+    bertscore_num_layers: Optional[int] = None
+    bertscore_batch_size: int = 32
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment = one teacher/student/task/method run (or a grid of them, see ``grid``)."""
+
+    name: str = "experiment"
+    description: str = ""
+    teacher: ModelConfig = field(default_factory=ModelConfig)
+    student: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    # dotted key -> list of values; `uld run` expands the product into one run per point
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    output_dir: str = "results"  # store root: runs/, teacher/, tables/, figures/
+    device: Optional[str] = None  # None: whatever accelerate picks
+
+
+# Fields that do not change what a run computes: excluded from run ids.
+HASH_EXCLUDED = (
+    "description",
+    "grid",
+    "output_dir",
+    "device",
+    "teacher.path",
+    "student.path",
+    "data.dir",
+    "generation.batch_size",
+    "generation.chunk_size",
+    "generation.backend",
+    "training.log_every",
+    "training.num_workers",
+    "training.trackers",
+    "evaluation.batch_size",
+    "evaluation.bertscore_path",
+    "evaluation.bertscore_batch_size",
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Generic dataclass <-> dict machinery
+# --------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against annotation ``tp``; convert the few lossless cases (int -> float)."""
+    where = f"'{key}'" + (f" in {source}" if source else "")
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: {value!r} does not match {_type_name(tp)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for section {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, source=source, prefix=key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_tp,) = args or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        k_tp, v_tp = args or (Any, Any)
+        return {_coerce(k, k_tp, key, source): _coerce(v, v_tp, f"{key}.{k}", source) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # YAML 1.1 reads "1e-6" (no dot) as a string: accept numeric strings for float fields
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported annotation {tp!r}")  # pragma: no cover - schema bug
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls: type, data: dict[str, Any] | None, *, source: str = "", prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a plain mapping. Unknown keys and wrong types raise ConfigError."""
+    data = dict(data or {})
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        full = ", ".join(f"'{prefix + '.' if prefix else ''}{k}'" for k in unknown)
+        valid = ", ".join(sorted(names))
+        raise ConfigError(f"unknown key {full}" + (f" in {source}" if source else "") + f" (valid keys: {valid})")
+    kwargs = {}
+    for name in names & set(data):
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(data[name], hints[name], key, source)
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> plain nested dict/list (field order kept)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _parse_override_value(text: str) -> Any:
+    # YAML gives numbers, booleans, null and lists ("[0, 1.5]") their natural types
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(cfg: Any, overrides: list[str] | dict[str, Any], *, source: str = "command line") -> Any:
+    """Return a copy of ``cfg`` with dotted overrides applied (``["training.lr=2e-6", ...]`` or a dict)."""
+    data = to_dict(cfg)
+    items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides]
+    for key, value in items:
+        if isinstance(value, str) and not isinstance(overrides, dict):
+            value = _parse_override_value(value)
+        _set_dotted(data, key, value, source)
+    return from_dict(type(cfg), data, source=source)
+
+
+def _split_override(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, value = text.split("=", 1)
+    return key.strip(), value
+
+
+def _set_dotted(data: dict, key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+            raise ConfigError(f"unknown key '{'.'.join(parts[: i + 1])}' in {source}")
+        node = node[part]
+    last = parts[-1]
+    # `grid` is a free-form mapping: allow new keys there; everywhere else the key must exist
+    if last not in node and parts[0] != "grid":
+        raise ConfigError(f"unknown key '{key}' in {source}")
+    node[last] = value
+
+
+def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML file into a dict, following ``base:`` (a path relative to the file) recursively."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    bases = base if isinstance(base, list) else [base]
+    merged: dict[str, Any] = {}
+    for b in bases:
+        merged = _deep_merge(merged, load_yaml_config(path.parent / b))
+    return _deep_merge(merged, data)
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "grid":
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """YAML file (optional) -> ExperimentConfig -> dotted overrides -> validated config."""
+    data = load_yaml_config(path) if path is not None else {}
+    cfg = from_dict(ExperimentConfig, data, source=str(path) if path else "")
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    validate(cfg, source=str(path) if path else "")
+    return cfg
+
+
+def validate(cfg: ExperimentConfig, source: str = "") -> None:
+    """Cross-field checks the type system cannot express."""
+    where = f" in {source}" if source else ""
+
+    def bad(key: str, msg: str) -> ConfigError:
+        return ConfigError(f"'{key}'{where}: {msg}")
+
+    if not 0 < cfg.data.train_fraction <= 1:
+        raise bad("data.train_fraction", f"must be in (0, 1], got {cfg.data.train_fraction}")
+    if not 0 <= cfg.data.val_fraction < 1:
+        raise bad("data.val_fraction", f"must be in [0, 1), got {cfg.data.val_fraction}")
+    for key in ("data.train_size", "data.test_size"):
+        v = _get_dotted(cfg, key)
+        if v is not None and v <= 0:
+            raise bad(key, f"must be positive, got {v}")
+    if cfg.training.lam < 0:
+        raise bad("training.lam", f"must be >= 0, got {cfg.training.lam}")
+    if cfg.training.top_k is not None and cfg.training.top_k <= 0:
+        raise bad("training.top_k", "must be a positive integer or null")
+    for key in ("training.student_temperature", "training.teacher_temperature", "training.lr"):
+        if _get_dotted(cfg, key) <= 0:
+            raise bad(key, "must be > 0")
+    if cfg.training.batch_size <= 0 or cfg.training.grad_accum <= 0:
+        raise bad("training.batch_size", "batch_size and grad_accum must be positive")
+    if cfg.generation.top_k_signal <= 0:
+        raise bad("generation.top_k_signal", "must be positive")
+    for key in cfg.grid:
+        try:
+            _get_dotted(cfg, key)
+        except (AttributeError, KeyError):
+            raise ConfigError(f"grid key '{key}'{where} is not a config field") from None
+        if not isinstance(cfg.grid[key], list) or not cfg.grid[key]:
+            raise ConfigError(f"grid key '{key}'{where} must map to a non-empty list")
+
+
+def _get_dotted(cfg: Any, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = node[part] if isinstance(node, dict) else getattr(node, part)
+    return node
+
+
+def dump_config(cfg: Any, path: str | os.PathLike | None = None) -> str:
+    """YAML text of a config (written to ``path`` too when given; the caller handles atomicity)."""
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+    if path is not None:
+        Path(path).write_text(text)
+    return text
+
+
+def config_hash(cfg: ExperimentConfig, length: int = 10, exclude: tuple[str, ...] = HASH_EXCLUDED) -> str:
+    """Stable short hash of what a run computes (fields in ``exclude`` do not count)."""
+    data = to_dict(cfg)
+    for key in exclude:
+        parts = key.split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.get(part, {})
+        node.pop(parts[-1], None)
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def expand_grid(cfg: ExperimentConfig) -> list[ExperimentConfig]:
+    """One config per point of ``cfg.grid`` (cartesian product, keys in file order); no grid: [cfg]."""
+    if not cfg.grid:
+        return [cfg]
+    import itertools
+
+    keys = list(cfg.grid)
+    out = []
+    for values in itertools.product(*(cfg.grid[k] for k in keys)):
+        point = apply_overrides(cfg, dict(zip(keys, values)), source=f"grid of {cfg.name}")
+        point.grid = {}
+        out.append(point)
+    return out

@@ -1,0 +1,70 @@
+"""Shared fixtures. Tests never touch the network: the Hub is switched off for the whole session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ULD_SHARED_DIR", REPO_ROOT.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``../shared`` (datasets, tokenizers, the authors' references); skips the test when absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is absent: this test needs the shared data folder")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir(shared_dir: Path) -> Path:
+    d = shared_dir / "data"
+    if not d.is_dir():
+        pytest.skip(f"{d} is absent")
+    return d
+
+
+@pytest.fixture(scope="session")
+def shared_tokenizer(shared_dir: Path):
+    """Factory: shared_tokenizer('llama-2-7b' | 'mistral-7b' | 'gpt2' | 'pythia')."""
+    from transformers import AutoTokenizer
+
+    cache = {}
+
+    def load(name: str):
+        d = shared_dir / "tokenizers" / name
+        if not d.is_dir():
+            pytest.skip(f"{d} is absent")
+        if name not in cache:
+            cache[name] = AutoTokenizer.from_pretrained(d)
+        return cache[name]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random teacher (Llama arch) / student (GPT-NeoX) / seq2seq (T5) folders, different tokenizers."""
+    from uld.testing import build_tiny_pair
+
+    return build_tiny_pair(tmp_path_factory.mktemp("tiny-models"), seq2seq=True)
+
+
+def small_models_dir() -> Path | None:
+    """Real small models built by ../shared/scripts/get-small-models, when present."""
+    d = Path(os.environ.get("SMALL_MODELS_DIR", Path.home() / ".cache" / "small-models"))
+    ok = (d / "gemma-3-270m" / ".done").exists() and (d / "smollm2-135m-instruct" / ".done").exists()
+    return d if ok else None
