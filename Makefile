@@ -1,0 +1,43 @@
+# Developer entry points. Every target creates .venv and installs the project when needed.
+#   make smoke   end-to-end smoke reproduction (teacher answers -> lambda=0 / ULD students -> table + plot)
+#   make test    the default test suite (unit + integration, offline, CPU)
+#   make test-slow   slow tests too (real small models, full datasets)
+# Variables: PYTHON (interpreter that creates .venv), TORCH (torch requirement installed first when no
+# NVIDIA GPU is visible; a CUDA machine gets the torch that pip resolves).
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install smoke test test-slow bench notebooks small-models clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/python -m pip install -q "$(TORCH)"; fi
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+smoke: $(STAMP)
+	$(BIN)/uld run experiments/smoke.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+small-models: $(STAMP)
+	PYTHON=$(BIN)/python ../shared/scripts/get-small-models
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench_losses.py
+	$(BIN)/python scripts/bench_training.py
+	$(BIN)/python scripts/bench_teacher.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info src/*.egg-info

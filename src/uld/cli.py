@@ -1,0 +1,267 @@
+"""`uld` command line: the only place that wires stages together for a user.
+
+Every subcommand that takes an experiment config accepts dotted overrides after it, e.g.
+
+    uld run experiments/smoke.yaml training.lr=2e-6 data.train_size=32
+
+Run ``uld <command> --help`` for each command's options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from uld import __version__
+
+EPILOG_OVERRIDES = (
+    "Overrides: any config field as dotted key=value after the config file, e.g. "
+    "training.lr=2e-6 student.path=/models/smollm2 grid='{training.lam: [0, 1.5]}'. "
+    "Environment: ULD_MODELS_DIR (folder of local model folders), ULD_DATA_DIR (local data folder)."
+)
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="experiment YAML (see experiments/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+
+
+def _load(args):
+    from uld.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="uld",
+        description=(
+            "Universal Logit Distillation (ULD): distil a teacher LLM into a student with a different "
+            "tokenizer. Stages: teacher answers (generate) -> student training (train) -> evaluation "
+            "(evaluate); `run` chains them for every point of a config's grid; `table` builds a paper table."
+        ),
+        epilog=EPILOG_OVERRIDES,
+    )
+    parser.add_argument("--version", action="version", version=f"uld {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", help="all stages of an experiment config (every grid point)",
+                       description="Teacher generation, training and evaluation for every point of the "
+                       "config's grid. Finished stages are skipped; a study table and plot are written "
+                       "for grids.", epilog=EPILOG_OVERRIDES)
+    _config_args(p)
+    p.add_argument("--force", action="store_true", help="redo stages whose outputs exist")
+    p.add_argument("--stages", default="teacher,train,evaluate", help="comma-separated subset of teacher,train,evaluate")
+    p.add_argument("--no-resume", action="store_true", help="start training from scratch even if a checkpoint exists")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("generate", help="teacher answers (+ cached teacher signal) for a config",
+                       description="Generate teacher answers on the training pool and cache the teacher's "
+                       "top-k sorted probabilities. Resumable; shard with `accelerate launch`.",
+                       epilog=EPILOG_OVERRIDES)
+    _config_args(p)
+    p.add_argument("--force", action="store_true", help="regenerate even if the stage is complete")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("train", help="train the student of a config (one grid point)",
+                       description="Train the student (the teacher stage runs first when the method needs "
+                       "it). Use `accelerate launch -m uld train ...` for several GPUs/processes.",
+                       epilog=EPILOG_OVERRIDES)
+    _config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from checkpoints/state")
+    p.add_argument("--force-resume", action="store_true", help="resume even if the saved config differs")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="generate and score on a task's test split",
+                       description="Three forms: `uld evaluate CONFIG [overrides]` evaluates a run; "
+                       "`uld evaluate --checkpoint DIR --task T` evaluates any HF model folder or Hub id; "
+                       "`uld evaluate --rescore FILE` scores an existing predictions.jsonl.",
+                       epilog=EPILOG_OVERRIDES)
+    p.add_argument("config", nargs="?", help="experiment YAML")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--checkpoint", help="HF model folder or Hub id to evaluate")
+    p.add_argument("--task", help="task name (squad, qed, fairytaleqa, pubmedqa, dialogsum)")
+    p.add_argument("--tokenizer", help="tokenizer folder when the checkpoint has none")
+    p.add_argument("--data-dir", help="local data folder (default: $ULD_DATA_DIR, else the Hub)")
+    p.add_argument("--test-size", type=int, help="evaluate the first N test items")
+    p.add_argument("--metrics", default="f1,em,rouge", help="comma-separated: f1,em,rouge,bertscore")
+    p.add_argument("--out", help="output folder for predictions and scores")
+    p.add_argument("--rescore", help="predictions.jsonl to score (ours or the authors' format)")
+    p.add_argument("--protocol", default="authors", choices=["authors", "complete"], help="reference protocol")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("table", help="build a paper table (runs what is missing)",
+                       description="Build one paper table: declares its grid, runs missing runs (unless "
+                       "--report-only), writes markdown and LaTeX with the authors' numbers beside ours.")
+    p.add_argument("name", help="main, student_size, data_fraction, encoder_decoder, cost_ablation")
+    p.add_argument("--report-only", action="store_true", help="do not launch runs; render from the store")
+    p.add_argument("--preset", default="paper", choices=["paper", "small"], help="paper grid or a small CPU preset")
+    p.add_argument("--store", default="results", help="results store root")
+    p.add_argument("--force", action="store_true", help="redo runs that exist")
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("data", help="inspect tasks", description="Inspect the paper's tasks.")
+    dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    dsub.required = True
+    d = dsub.add_parser("summary", help="split sizes, lengths, invalid rows and rendered prompts of a task",
+                        description="Split sizes (train = whole training pool, test = evaluated split), "
+                        "length statistics per tokenizer, empty/invalid rows, one teacher and one student prompt.")
+    d.add_argument("task")
+    d.add_argument("--data-dir", help="local data folder (default: $ULD_DATA_DIR, else the Hub)")
+    d.add_argument("--tokenizer", action="append", default=[], help="tokenizer folder or Hub id (repeatable)")
+    d.add_argument("--json", action="store_true", help="print one JSON object")
+    d.set_defaults(func=cmd_data_summary)
+
+    p = sub.add_parser("config", help="print the resolved config(s) and run ids",
+                       description="Resolve a config (+overrides), validate it, and print every grid point's "
+                       "run id and resolved YAML.", epilog=EPILOG_OVERRIDES)
+    _config_args(p)
+    p.add_argument("--ids", action="store_true", help="print only the run ids")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def cmd_run(args) -> int:
+    from uld.pipeline import run_experiment
+
+    cfg = _load(args)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    runs = run_experiment(cfg, force=args.force, stages=stages, resume=not args.no_resume)
+    for r in runs:
+        print(f"run: {r.path}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from uld.teacher import run_teacher_stage
+
+    from uld.config import expand_grid
+    from uld.results import teacher_stage_id
+
+    cfg = _load(args)
+    seen = set()
+    for point in expand_grid(cfg):
+        # grid points that differ only in student/training settings share one teacher stage
+        if teacher_stage_id(point) in seen:
+            continue
+        seen.add(teacher_stage_id(point))
+        print(f"teacher answers: {run_teacher_stage(point, force=args.force)}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from uld.config import ConfigError
+    from uld.pipeline import run_point
+
+    cfg = _load(args)
+    if cfg.grid:
+        raise ConfigError("`uld train` takes one grid point: pin the grid keys with overrides or use `uld run`")
+    run = run_point(cfg, stages=("teacher", "train"), resume=args.resume, force_resume=args.force_resume)
+    print(f"run: {run.path}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from uld import evaluation
+
+    if args.rescore:
+        scores = evaluation.rescore_file(args.rescore, task=args.task, protocol=args.protocol)
+        print(json.dumps(scores, indent=2))
+        return 0
+    if args.checkpoint:
+        if not args.task:
+            raise SystemExit("uld evaluate --checkpoint needs --task")
+        from uld.config import EvaluationConfig
+
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        scores = evaluation.evaluate_checkpoint(
+            args.checkpoint,
+            args.task,
+            data_dir=args.data_dir,
+            test_size=args.test_size,
+            out_dir=args.out or str(Path("results") / "evals" / Path(args.checkpoint).name),
+            tokenizer=args.tokenizer,
+            eval_cfg=EvaluationConfig(metrics=metrics, references=args.protocol),
+        )
+        print(json.dumps(scores, indent=2))
+        return 0
+    if not args.config:
+        raise SystemExit("uld evaluate needs CONFIG, --checkpoint DIR --task T, or --rescore FILE")
+    from uld.config import ConfigError, expand_grid
+    from uld.results import RunFolder
+
+    cfg = _load(args)
+    for point in expand_grid(cfg):
+        run = RunFolder.for_config(point)
+        if not run.path.exists():
+            raise ConfigError(f"no run folder {run.path}: train it first (`uld run {args.config}`)")
+        scores = evaluation.evaluate_run(point, run, force=args.force)
+        print(f"{run.path}: {json.dumps(scores.get('metrics', scores))}")
+    return 0
+
+
+def cmd_table(args) -> int:
+    from uld.reporting import build_table
+
+    paths = build_table(args.name, report_only=args.report_only, preset=args.preset, store_root=args.store, force=args.force)
+    for p in paths or []:
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_data_summary(args) -> int:
+    from uld.data.summary import format_summary, summarize_task
+
+    tokenizers = {}
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        for t in args.tokenizer:
+            tokenizers[Path(t).name or t] = AutoTokenizer.from_pretrained(t)
+    summary = summarize_task(args.task, data_dir=args.data_dir, tokenizers=tokenizers or None)
+    print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
+    return 0
+
+
+def cmd_config(args) -> int:
+    from uld.config import dump_config, expand_grid
+    from uld.results import run_id
+
+    cfg = _load(args)
+    for point in expand_grid(cfg):
+        if args.ids:
+            print(run_id(point))
+        else:
+            print(f"# run id: {run_id(point)}")
+            print(dump_config(point))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    from uld.config import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"uld: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
