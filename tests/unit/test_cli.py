@@ -1,0 +1,89 @@
+"""The `uld` CLI: help texts, argument errors, config resolution, and the README's commands."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from uld.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parents[2]
+SUBCOMMANDS = ["run", "generate", "train", "evaluate", "table", "data", "config"]
+
+
+def test_top_level_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in SUBCOMMANDS:
+        assert cmd in out
+
+
+@pytest.mark.parametrize("cmd", SUBCOMMANDS + ["data summary"])
+def test_every_subcommand_has_help(cmd, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(cmd.split() + ["--help"])
+    assert exc.value.code == 0
+    assert "usage: uld " + cmd.split()[0] in capsys.readouterr().out
+
+
+def test_python_m_uld_is_the_same_program():
+    out = subprocess.run([sys.executable, "-m", "uld", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "Universal Logit Distillation" in out
+
+
+def test_config_command_prints_run_ids(capsys):
+    assert main(["config", str(REPO / "experiments" / "smoke.yaml"), "--ids"]) == 0
+    ids = capsys.readouterr().out.split()
+    assert len(ids) == 2 and all(i.startswith("smoke-") for i in ids) and ids[0] != ids[1]
+
+
+def test_config_error_is_reported_with_key(capsys):
+    assert main(["config", str(REPO / "experiments" / "smoke.yaml"), "training.bogus=1"]) == 2
+    assert "training.bogus" in capsys.readouterr().err
+
+
+def _readme_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    cmds = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            line = line.split("  #")[0].strip()
+            if line:
+                cmds.append(line)
+    return cmds
+
+
+def test_readme_has_the_two_make_commands():
+    cmds = _readme_commands()
+    assert "make smoke" in cmds and "make test" in cmds
+
+
+@pytest.mark.parametrize("line", [c for c in _readme_commands() if re.search(r"(^|\s)make \S", c)])
+def test_readme_make_targets_exist(line):
+    target = line.split("make", 1)[1].split()[0]
+    res = subprocess.run(["make", "-n", target], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("line", [c for c in _readme_commands() if c.startswith("uld ")])
+def test_readme_uld_commands_parse(line):
+    """Every `uld ...` line of the README parses, and its config (if any) resolves."""
+    argv = shlex.split(line)[1:]
+    argv = [a.replace("<run_id>", "x") for a in argv]
+    if argv == ["--help"]:
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args(argv)
+        assert exc.value.code == 0
+        return
+    args = build_parser().parse_args(argv)
+    if getattr(args, "config", None) and args.config.endswith(".yaml"):
+        from uld.config import load_config
+
+        load_config(REPO / args.config, args.overrides)
