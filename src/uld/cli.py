@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="paper", choices=["paper", "small"], help="paper grid or a small CPU preset")
     p.add_argument("--store", default="results", help="results store root")
     p.add_argument("--force", action="store_true", help="redo runs that exist")
+    p.add_argument("--out", help="folder for the table files (default: STORE/tables)")
     p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("data", help="inspect tasks", description="Inspect the paper's tasks.")
@@ -212,10 +213,12 @@ def cmd_evaluate(args) -> int:
 def cmd_table(args) -> int:
     from uld.reporting import build_table
 
-    paths = build_table(args.name, report_only=args.report_only, preset=args.preset, store_root=args.store, force=args.force)
-    for p in paths or []:
+    built = build_table(
+        args.name, report_only=args.report_only, preset=args.preset, store_root=args.store, force=args.force, out_dir=args.out
+    )
+    for p in built.paths.values():
         print(f"wrote {p}")
-    return 0
+    return 0 if built.ok else 1
 
 
 def cmd_data_summary(args) -> int:

@@ -1,0 +1,893 @@
+"""Paper tables and the frames behind the analysis plots.
+
+A table is declared by a :class:`TableSpec`: the experiment YAMLs of its study
+(``experiments/<study>/<preset>_*.yaml``, grids expanded with :func:`uld.config.expand_grid`), which
+metrics it shows and how its rows are laid out. Building a table is a short pipeline::
+
+    plan = plan_table("main", preset="paper", store_root="results")   # grid point -> run folder
+    launch_missing(plan)                                              # uld.pipeline.run_experiment
+    table = collect_table(plan)                                       # authors | ours | diff per cell
+    write_table(table, "results/tables")                              # markdown, LaTeX, cells CSV
+
+:func:`build_table` does all four (``uld table NAME`` and the ``paper_tables/`` scripts call it or its
+parts). A grid point's folder is ``<store>/runs/<run_id(point)>``, so every number in a table leads to
+the run that produced it; ``<table>.cells.csv`` lists the run ids of every cell.
+
+Cells are keyed by what was measured (task, teacher, student, setting, training fraction, OT cost),
+the same key the authors' rows get from :func:`uld.results.load_reference`, so "authors" and "ours"
+meet in one row. A cell with no number reads "–".
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+from uld.config import ExperimentConfig, expand_grid, load_config
+from uld.results import (
+    SETTINGS,
+    RunFolder,
+    atomic_write_text,
+    describe_config,
+    find_run,
+    load_reference,
+    load_results,
+    store_info,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "TableSpec",
+    "GridPoint",
+    "TablePlan",
+    "Table",
+    "BuiltTable",
+    "TABLES",
+    "table_names",
+    "get_table",
+    "experiment_files",
+    "plan_table",
+    "launch_missing",
+    "collect_table",
+    "render_markdown",
+    "render_latex",
+    "write_table",
+    "build_table",
+    "table_arg_parser",
+    "parse_table_args",
+    "LaunchReport",
+    "cell_key",
+    "paired",
+    "fraction_frame",
+    "size_frame",
+    "cost_frame",
+    "curves_frame",
+    "results_dir",
+    "figures_dir",
+    "save_figure",
+    "MISSING",
+    "METRIC_LABELS",
+    "STUDENT_PARAMS",
+]
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+EXPERIMENTS_DIR = _REPO_ROOT / "experiments"
+RESULTS_ENV = "ULD_RESULTS_DIR"
+FIGURES_ENV = "ULD_FIGURES_DIR"
+MISSING = "–"  # en dash: a cell with no number
+PRESETS = ("paper", "small")
+
+METRIC_LABELS = {
+    "f1": "F1",
+    "em": "EM",
+    "rouge1": "ROUGE-1",
+    "rouge2": "ROUGE-2",
+    "rougeL": "ROUGE-L",
+    "rougeLsum": "ROUGE-Lsum",
+    "bertscore_f1": "BERTScore",
+    "bertscore_precision": "BERTScore P",
+    "bertscore_recall": "BERTScore R",
+}
+SETTING_LABELS = {
+    "teacher": "teacher (few-shot)",
+    "student-few-shot": "student few-shot",
+    "student-zero-shot": "student zero-shot",
+    "lambda0": "λ=0",
+    "uld": "ULD",
+    "uld-ot": "ULD-OT",
+    "sft-gold": "SFT (gold)",
+    "kd-kl": "KD-KL",
+}
+_SETTING_ORDER = ["teacher", "student-few-shot", "student-zero-shot", "sft-gold", "lambda0", "kd-kl", "uld", "uld-ot"]
+_TASK_ORDER = ["squad", "qed", "fairytaleqa", "pubmedqa", "dialogsum"]
+_COST_ORDER = [None, "uniform", "levenshtein", "embedding"]
+
+# Parameter counts (approximate, from the model cards) for the student-size plots.
+STUDENT_PARAMS = {
+    "pythia-160m": 160e6,
+    "pythia-410m": 410e6,
+    "pythia-1b": 1.0e9,
+    "opt-350m": 350e6,
+    "bloomz-560m": 560e6,
+    "mt0-base": 580e6,
+    "smollm2-135m-instruct": 135e6,
+    "gemma-3-270m": 270e6,
+    "qwen2.5-0.5b-instruct": 494e6,
+}
+
+KEY_FIELDS = ("task", "teacher", "student", "setting", "train_fraction", "ot_cost")
+
+
+def _none(v: Any) -> Any:
+    """NaN / None / "" -> None (pandas turns missing strings into NaN)."""
+    if v is None:
+        return None
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if v == "":
+        return None
+    return v
+
+
+def cell_key(row: Any) -> tuple:
+    """The identity of a table cell: ``(task, teacher, student, setting, train_fraction, ot_cost)``.
+
+    ``row`` is a mapping (a DataFrame row, or :func:`uld.results.describe_config`'s output).
+    """
+    frac = _none(row["train_fraction"])
+    return (
+        row["task"],
+        _none(row["teacher"]),
+        _none(row["student"]),
+        row["setting"],
+        round(float(frac if frac is not None else 1.0), 4),
+        _none(row["ot_cost"]),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Declarations
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One paper table: where its grid is declared and how it is shown."""
+
+    name: str  # registry key and file stem: results/tables/table_<name>[_<preset>].md
+    title: str
+    study: str  # experiments/<study>/<preset>_*.yaml declare the grid
+    metrics: tuple[str, ...]
+    layout: str  # "blocks": teacher block with few-shot / λ=0 / ULD rows; "sorted": one row per key
+    label_columns: tuple[str, ...]  # shown before the metric columns
+    caption: str = ""
+
+
+TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in (
+        TableSpec(
+            name="main",
+            title="Main results: five tasks, two teachers, three decoder students",
+            study="main",
+            metrics=("f1", "rougeL", "bertscore_f1"),
+            layout="blocks",
+            label_columns=("task", "teacher", "student", "setting"),
+            caption="Teacher few-shot, student few-shot, λ=0 (cross-entropy on the teacher's answers) and ULD (λ=1.5).",
+        ),
+        TableSpec(
+            name="student_size",
+            title="Student size: Pythia 160m / 410m / 1b distilled from Llama-2-7b-chat",
+            study="student_size",
+            metrics=("f1", "rougeL", "bertscore_f1"),
+            layout="blocks",
+            label_columns=("task", "teacher", "student", "setting"),
+        ),
+        TableSpec(
+            name="data_fraction",
+            title="Training-set fraction: Pythia-410m distilled from Llama-2-7b-chat",
+            study="data_fraction",
+            metrics=("f1", "rougeL", "bertscore_f1"),
+            layout="sorted",
+            label_columns=("task", "teacher", "student", "setting", "train_fraction"),
+            caption="The first 25/50/75/100% of the training part; validation hold-out unchanged.",
+        ),
+        TableSpec(
+            name="encoder_decoder",
+            title="Encoder-decoder student: mT0-base",
+            study="encoder_decoder",
+            metrics=("f1", "rougeL", "bertscore_f1"),
+            layout="sorted",
+            label_columns=("task", "teacher", "student", "setting"),
+        ),
+        TableSpec(
+            name="cost_ablation",
+            title="Cost ablation: closed-form ULD vs optimal transport with uniform / Levenshtein / embedding cost",
+            study="cost_ablation",
+            metrics=("f1", "rougeL", "bertscore_f1"),
+            layout="sorted",
+            label_columns=("task", "teacher", "student", "setting", "ot_cost"),
+            caption="Not in the paper: the authors' column has numbers for the closed-form ULD only.",
+        ),
+    )
+}
+
+
+def table_names() -> list[str]:
+    return list(TABLES)
+
+
+def get_table(name: str | TableSpec) -> TableSpec:
+    if isinstance(name, TableSpec):
+        return name
+    key = name.removeprefix("table_")
+    if key not in TABLES:
+        raise KeyError(f"unknown table {name!r}; known tables: {', '.join(TABLES)}")
+    return TABLES[key]
+
+
+def experiment_files(spec: TableSpec | str, preset: str = "paper", experiments_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The YAMLs declaring a table's grid: ``experiments/<study>/<preset>_*.yaml`` (sorted)."""
+    spec = get_table(spec)
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+    folder = Path(experiments_dir or EXPERIMENTS_DIR) / spec.study
+    files = sorted(folder.glob(f"{preset}_*.yaml"))
+    if not files:
+        raise FileNotFoundError(f"no {preset}_*.yaml in {folder}: table {spec.name!r} has no {preset} grid")
+    return files
+
+
+# --------------------------------------------------------------------------------------------------
+# Plan: grid point -> run folder
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GridPoint:
+    """One run a table needs: its config, the YAML declaring it, its folder and its cell key."""
+
+    cfg: ExperimentConfig
+    source: Path
+    run: RunFolder
+    info: dict[str, Any]
+
+    @property
+    def key(self) -> tuple:
+        return cell_key(self.info)
+
+    @property
+    def complete(self) -> bool:
+        return self.run.is_complete
+
+
+@dataclass
+class TablePlan:
+    spec: TableSpec
+    preset: str
+    store_root: Path
+    points: list[GridPoint]
+
+    def missing(self) -> list[GridPoint]:
+        return [p for p in self.points if not p.complete]
+
+    def summary(self) -> str:
+        done = sum(p.complete for p in self.points)
+        return (
+            f"table {self.spec.name} ({self.preset}): {len(self.points)} grid points, "
+            f"{done} with results, {len(self.points) - done} missing (store {self.store_root})"
+        )
+
+
+def plan_table(
+    name: str | TableSpec,
+    *,
+    preset: str = "paper",
+    store_root: str | os.PathLike = "results",
+    experiments_dir: str | os.PathLike | None = None,
+) -> TablePlan:
+    """Expand the table's YAMLs into grid points and locate each point's run folder in the store.
+
+    Points declared by several YAMLs (or studies) with the same config share one run id and are
+    listed once.
+    """
+    spec = get_table(name)
+    store_root = Path(store_root)
+    points: list[GridPoint] = []
+    seen: set[str] = set()
+    for path in experiment_files(spec, preset, experiments_dir):
+        cfg = load_config(path)
+        for point in expand_grid(cfg):
+            point.output_dir = str(store_root)
+            run = find_run(point, store_root)
+            if run.id in seen:
+                continue
+            seen.add(run.id)
+            points.append(GridPoint(cfg=point, source=path, run=run, info=describe_config(point)))
+    return TablePlan(spec=spec, preset=preset, store_root=store_root, points=points)
+
+
+@dataclass
+class LaunchReport:
+    launched: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (run id, error)
+
+
+def launch_missing(
+    plan: TablePlan,
+    *,
+    force: bool = False,
+    runner: Optional[Callable[..., Any]] = None,
+) -> LaunchReport:
+    """Run every grid point without results (``force``: every point) through the pipeline.
+
+    ``runner`` defaults to :func:`uld.pipeline.run_experiment`, imported here so that reporting
+    (``--report-only``) works without the training stack. A failing point is recorded and the
+    others still run; the table then shows "–" for it.
+    """
+    if runner is None:
+        from uld.pipeline import run_experiment as runner  # noqa: PLC0415 - heavy import, launch path only
+    report = LaunchReport()
+    todo = plan.points if force else plan.missing()
+    for i, point in enumerate(todo, 1):
+        log.info("[%d/%d] %s (%s)", i, len(todo), point.run.id, point.source.name)
+        try:
+            folders = runner(point.cfg, force=force) or []
+        except Exception as exc:  # keep going: one broken point should not cost the other runs
+            log.exception("run %s failed", point.run.id)
+            report.failed.append((point.run.id, f"{type(exc).__name__}: {exc}"))
+            continue
+        produced = {Path(f.path).name for f in folders}
+        if produced and point.run.id not in produced:
+            log.warning("pipeline wrote %s, the table expects %s: run ids disagree", sorted(produced), point.run.id)
+        if point.run.is_complete:
+            report.launched.append(point.run.id)
+        else:
+            report.failed.append((point.run.id, f"no scores.json in {point.run.path} after the run"))
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# Table contents
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    """Rows of a built table: ``cells`` is long (one row per table row x metric), ``rows`` the layout."""
+
+    spec: TableSpec
+    preset: str
+    cells: Any  # DataFrame: KEY_FIELDS, labels, metric, authors, ours, diff, ours_std, n_runs, run_ids, authors_run_id, flag
+    rows: list[tuple[tuple, dict[str, Any]]]  # (cell key, display labels) in display order
+    notes: list[str] = field(default_factory=list)
+    n_points: int = 0
+    n_complete: int = 0
+
+    def value(self, key: tuple, metric: str, column: str = "ours") -> Optional[float]:
+        """One number of the table (``column`` in authors / ours / diff); None for a "–" cell."""
+        for rec in self.cells.to_dict("records"):
+            if rec["key"] == key and rec["metric"] == metric:
+                return _none(rec[column])
+        raise KeyError(f"no row {key} / {metric} in table {self.spec.name}")
+
+
+def _order(values: Iterable[Any], reference: Sequence[Any]) -> list[Any]:
+    uniq = list(dict.fromkeys(values))
+    return sorted(uniq, key=lambda v: (reference.index(v) if v in reference else len(reference), str(v)))
+
+
+def _layout(spec: TableSpec, keys: list[tuple]) -> list[tuple[tuple, dict[str, Any]]]:
+    """Display order and labels for the plan's cell keys.
+
+    "blocks" (Table 1 style): per task and teacher, the teacher row, then per student its few-shot,
+    λ=0 and ULD rows. A student few-shot cell does not depend on the teacher, so it appears in every
+    teacher block, as in the paper.
+    """
+    present = set(keys)
+    tasks = _order((k[0] for k in keys), _TASK_ORDER)
+    out: list[tuple[tuple, dict[str, Any]]] = []
+
+    def labels(k: tuple, teacher: Any = None) -> dict[str, Any]:
+        task, t, s, setting, frac, cost = k
+        return {
+            "task": task,
+            "teacher": teacher if teacher is not None else t,
+            "student": s,
+            "setting": SETTING_LABELS.get(setting, setting),
+            "train_fraction": frac,
+            "ot_cost": cost if cost is not None else ("closed form" if setting == "uld" else None),
+        }
+
+    if spec.layout == "blocks":
+        teachers = [t for t in dict.fromkeys(k[1] for k in keys) if t is not None]
+        students = [s for s in dict.fromkeys(k[2] for k in keys) if s is not None]
+        placed = set()
+        for task in tasks:
+            for teacher in teachers or [None]:
+                tk = (task, teacher, None, "teacher", 1.0, None)
+                if tk in present:
+                    out.append((tk, labels(tk)))
+                    placed.add(tk)
+                for student in students:
+                    for k in sorted(
+                        (k for k in present if k[0] == task and k[2] == student and (k[1] == teacher or k[1] is None)),
+                        key=lambda k: (_SETTING_ORDER.index(k[3]) if k[3] in _SETTING_ORDER else 99, k[4], str(k[5])),
+                    ):
+                        out.append((k, labels(k, teacher)))
+                        placed.add(k)
+        # anything the block structure did not place (e.g. a student-only table) goes at the end
+        for k in keys:
+            if k not in placed:
+                out.append((k, labels(k)))
+                placed.add(k)
+        return out
+
+    def sort_key(k: tuple) -> tuple:
+        task, t, s, setting, frac, cost = k
+        return (
+            tasks.index(task),
+            str(t),
+            str(s),
+            _SETTING_ORDER.index(setting) if setting in _SETTING_ORDER else 99,
+            frac,
+            _COST_ORDER.index(cost) if cost in _COST_ORDER else 99,
+        )
+
+    return [(k, labels(k)) for k in sorted(set(keys), key=sort_key)]
+
+
+def collect_table(plan: TablePlan, *, reference: str | os.PathLike | None = None) -> Table:
+    """Authors' numbers and ours for every cell of the plan (ours: only the plan's own runs).
+
+    Several runs in one cell (e.g. seeds) are averaged; ``n_runs`` and ``ours_std`` say so.
+    """
+    import pandas as pd
+
+    spec = plan.spec
+    ours = load_results(plan.store_root, source="ours")
+    wanted = {p.run.id: p for p in plan.points}
+    ours = ours[ours["run_id"].isin(list(wanted)) & ours["metric"].isin(spec.metrics)]
+    by_cell: dict[tuple, dict[str, list[tuple[str, float]]]] = {}
+    for rec in ours.itertuples(index=False):
+        key = wanted[rec.run_id].key  # the declared point decides the cell, not a re-derivation
+        by_cell.setdefault(key, {}).setdefault(rec.metric, []).append((rec.run_id, rec.value))
+
+    authors = load_reference(reference)
+    authors = authors[authors["metric"].isin(spec.metrics)]
+    auth_cell: dict[tuple, dict[str, Any]] = {}
+    for _, rec in authors.iterrows():
+        auth_cell.setdefault(cell_key(rec), {})[rec["metric"]] = rec
+
+    layout = _layout(spec, [p.key for p in plan.points])
+    records = []
+    notes: dict[str, int] = {}
+    for key, labels in layout:
+        for metric in spec.metrics:
+            runs = by_cell.get(key, {}).get(metric, [])
+            vals = [v for _, v in runs]
+            mine = sum(vals) / len(vals) if vals else None
+            std = (sum((v - mine) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else None
+            a = auth_cell.get(key, {}).get(metric)
+            theirs = float(a["value"]) if a is not None else None
+            flag = _none(a["flag"]) if a is not None else None
+            if flag:
+                notes.setdefault(flag, len(notes) + 1)
+            records.append(
+                {
+                    "key": key,
+                    **dict(zip(KEY_FIELDS, key)),
+                    **{f"label_{k}": v for k, v in labels.items()},
+                    "metric": metric,
+                    "authors": theirs,
+                    "ours": mine,
+                    "diff": (mine - theirs) if mine is not None and theirs is not None else None,
+                    "ours_std": std,
+                    "n_runs": len(vals),
+                    "run_ids": " ".join(r for r, _ in runs),
+                    "authors_run_id": a["run_id"] if a is not None else None,
+                    "flag": flag,
+                    "flag_mark": notes.get(flag) if flag else None,
+                }
+            )
+    cells = pd.DataFrame.from_records(records)
+    return Table(
+        spec=spec,
+        preset=plan.preset,
+        cells=cells,
+        rows=layout,
+        notes=list(notes),
+        n_points=len(plan.points),
+        n_complete=sum(p.complete for p in plan.points),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------------
+
+_MARKS = ["†", "‡", "§", "¶"]
+_LABEL_HEADERS = {
+    "task": "Task",
+    "teacher": "Teacher",
+    "student": "Student",
+    "setting": "Setting",
+    "train_fraction": "Fraction",
+    "ot_cost": "Cost",
+}
+
+
+def _fmt(v: Any, *, signed: bool = False) -> str:
+    v = _none(v)
+    if v is None:
+        return MISSING
+    return f"{v:+.2f}" if signed else f"{v:.2f}"
+
+
+def _label(col: str, v: Any) -> str:
+    v = _none(v)
+    if v is None:
+        return MISSING
+    if col == "train_fraction":
+        return f"{100 * float(v):.0f}%"
+    return str(v)
+
+
+def _grid_rows(table: Table) -> tuple[list[str], list[list[str]]]:
+    """Header and body cells (plain text) shared by the markdown and LaTeX renderers."""
+    spec = table.spec
+    header = [_LABEL_HEADERS[c] for c in spec.label_columns]
+    for m in spec.metrics:
+        name = METRIC_LABELS.get(m, m)
+        header += [f"{name} authors", f"{name} ours", f"{name} Δ"]
+    cells = {(rec["key"], rec["metric"]): rec for rec in table.cells.to_dict("records")}
+    body = []
+    previous: list[str] = []
+    for key, labels in table.rows:
+        row = [_label(c, labels.get(c)) for c in spec.label_columns]
+        shown = list(row)
+        # blank a leading label repeated from the row above: the blocks stay readable
+        for i, c in enumerate(spec.label_columns[:-1]):
+            if previous[: i + 1] == row[: i + 1]:
+                shown[i] = ""
+            else:
+                break
+        previous = row
+        for m in spec.metrics:
+            rec = cells[(key, m)]
+            authors = _fmt(rec["authors"])
+            if _none(rec["flag_mark"]) is not None and authors != MISSING:
+                authors += _MARKS[(int(rec["flag_mark"]) - 1) % len(_MARKS)]
+            shown += [authors, _fmt(rec["ours"]), _fmt(rec["diff"], signed=True)]
+        body.append(shown)
+    return header, body
+
+
+def _preamble(table: Table, store_root: Path | None) -> list[str]:
+    lines = []
+    info = store_info(store_root) if store_root is not None else {}
+    if info.get("fixture"):
+        lines.append(f"**FIXTURE DATA**: {info.get('note', 'fake numbers for tests; not results')}.")
+    if table.preset != "paper":
+        lines.append(
+            f"Preset `{table.preset}` runs small stand-in models on small slices: it checks the pipeline end to end "
+            "and is not comparable to the authors' numbers (their column stays empty)."
+        )
+    lines.append(
+        f"Preset `{table.preset}`; {table.n_complete} of {table.n_points} grid points have results. "
+        f"Δ = ours − authors; {MISSING} = no number. Scores ×100."
+    )
+    if table.spec.caption:
+        lines.append(table.spec.caption)
+    return lines
+
+
+def _footnotes(table: Table) -> list[str]:
+    return [f"{_MARKS[i % len(_MARKS)]} {note}" for i, note in enumerate(table.notes)]
+
+
+def render_markdown(table: Table, *, store_root: Path | None = None) -> str:
+    header, body = _grid_rows(table)
+    lines = [f"# {table.spec.title}", ""]
+    lines += [*_preamble(table, store_root), ""]
+    lines.append("| " + " | ".join(header) + " |")
+    n_labels = len(table.spec.label_columns)
+    lines.append("|" + "|".join([":--"] * n_labels + ["--:"] * (len(header) - n_labels)) + "|")
+    for row in body:
+        lines.append("| " + " | ".join(row) + " |")
+    notes = _footnotes(table)
+    if notes:
+        lines += [""] + notes
+    stem = _stem(table)
+    lines += ["", f"Run ids of every cell: `{stem}.cells.csv`."]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_ESCAPES = {
+    "&": r"\&",
+    "%": r"\%",
+    "_": r"\_",
+    "#": r"\#",
+    "{": r"\{",
+    "}": r"\}",
+    "$": r"\$",
+    "λ": r"$\lambda$",
+    "Δ": r"$\Delta$",
+    "–": "--",
+    "−": "-",
+    "†": r"$^\dagger$",
+    "‡": r"$^\ddagger$",
+    "§": r"\S",
+    "¶": r"\P",
+}
+
+
+def _tex(text: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
+
+
+def render_latex(table: Table) -> str:
+    """A booktabs ``table*``: label columns, then authors / ours / Δ under each metric."""
+    spec = table.spec
+    _, body = _grid_rows(table)
+    n_labels = len(spec.label_columns)
+    colspec = "l" * n_labels + "rrr" * len(spec.metrics)
+    top = [""] * n_labels
+    cmid = []
+    for i, m in enumerate(spec.metrics):
+        top.append(rf"\multicolumn{{3}}{{c}}{{{_tex(METRIC_LABELS.get(m, m))}}}")
+        start = n_labels + 3 * i + 1
+        cmid.append(rf"\cmidrule(lr){{{start}-{start + 2}}}")
+    second = [_tex(_LABEL_HEADERS[c]) for c in spec.label_columns] + ["authors", "ours", r"$\Delta$"] * len(spec.metrics)
+    lines = [
+        r"\begin{table*}[t]",
+        r"\centering",
+        r"\small",
+        rf"\begin{{tabular}}{{{colspec}}}",
+        r"\toprule",
+        " & ".join(top) + r" \\",
+        " ".join(cmid),
+        " & ".join(second) + r" \\",
+        r"\midrule",
+    ]
+    for row in body:
+        lines.append(" & ".join(_tex(c) for c in row) + r" \\")
+    lines.append(r"\bottomrule")
+    lines.append(r"\end{tabular}")
+    caption = f"{spec.title}. Preset {table.preset}; {table.n_complete}/{table.n_points} grid points with results. "
+    caption += "Δ = ours − authors; – = no number."
+    if spec.caption:
+        caption += " " + spec.caption
+    for note in _footnotes(table):
+        caption += " " + note + "."
+    lines.append(rf"\caption{{{_tex(caption)}}}")
+    lines.append(rf"\label{{tab:{spec.name.replace('_', '-')}}}")
+    lines.append(r"\end{table*}")
+    return "\n".join(lines) + "\n"
+
+
+def _stem(table: Table) -> str:
+    return f"table_{table.spec.name}" + ("" if table.preset == "paper" else f"_{table.preset}")
+
+
+def write_table(table: Table, out_dir: str | os.PathLike, *, store_root: Path | None = None) -> dict[str, Path]:
+    """Write ``<stem>.md``, ``<stem>.tex`` and ``<stem>.cells.csv`` atomically; returns their paths."""
+    out_dir = Path(out_dir)
+    stem = _stem(table)
+    csv_cols = [c for c in table.cells.columns if c not in ("key",) and not c.startswith("label_")]
+    paths = {
+        "md": atomic_write_text(out_dir / f"{stem}.md", render_markdown(table, store_root=store_root)),
+        "tex": atomic_write_text(out_dir / f"{stem}.tex", render_latex(table)),
+        "csv": atomic_write_text(out_dir / f"{stem}.cells.csv", table.cells[csv_cols].to_csv(index=False)),
+    }
+    return paths
+
+
+@dataclass
+class BuiltTable:
+    """What :func:`build_table` did: the table, where it was written, and what ran."""
+
+    table: Table
+    paths: dict[str, Path]
+    plan: TablePlan
+    launch: Optional[LaunchReport] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.launch is None or not self.launch.failed
+
+    def __iter__(self):
+        """The written files (md, tex, csv), so ``for path in build_table(...)`` reads naturally."""
+        return iter(self.paths.values())
+
+
+def build_table(
+    name: str,
+    *,
+    report_only: bool = False,
+    preset: str = "paper",
+    store_root: str | os.PathLike = "results",
+    force: bool = False,
+    out_dir: str | os.PathLike | None = None,
+    reference: str | os.PathLike | None = None,
+    runner: Optional[Callable[..., Any]] = None,
+) -> BuiltTable:
+    """Plan the table's grid, run what is missing (unless ``report_only``), write md / tex / csv.
+
+    ``force`` re-runs every grid point (the pipeline's ``force=True``); it contradicts
+    ``report_only``. Tables go to ``out_dir`` (default ``<store_root>/tables``).
+    """
+    if report_only and force:
+        raise ValueError("--force re-runs the grid; it cannot be combined with --report-only")
+    plan = plan_table(name, preset=preset, store_root=store_root)
+    launch = None if report_only else launch_missing(plan, force=force, runner=runner)
+    table = collect_table(plan, reference=reference)
+    paths = write_table(table, Path(out_dir) if out_dir is not None else Path(store_root) / "tables", store_root=Path(store_root))
+    return BuiltTable(table=table, paths=paths, plan=plan, launch=launch)
+
+
+def table_arg_parser(name: str, description: str | None = None) -> argparse.ArgumentParser:
+    """The command line every ``paper_tables/table_*.py`` script shares."""
+    spec = get_table(name)
+    p = argparse.ArgumentParser(prog=f"table_{spec.name}.py", description=description or spec.title)
+    p.add_argument("--report-only", action="store_true", help="only read the store; run nothing")
+    p.add_argument("--preset", choices=PRESETS, default="paper", help="paper grid, or the small CPU grid")
+    p.add_argument("--store", default=os.environ.get(RESULTS_ENV, "results"), help="results store root (default: results)")
+    p.add_argument("--force", action="store_true", help="re-run grid points that already have results")
+    p.add_argument("--out", default=None, help="where tables go (default: <store>/tables)")
+    return p
+
+
+def parse_table_args(name: str, argv: Sequence[str] | None = None, description: str | None = None) -> argparse.Namespace:
+    """Parse (and cross-check) a table script's command line."""
+    parser = table_arg_parser(name, description)
+    args = parser.parse_args(argv)
+    if args.report_only and args.force:
+        parser.error("--force re-runs grid points; it cannot be combined with --report-only")
+    return args
+
+
+# --------------------------------------------------------------------------------------------------
+# Frames for the analysis notebooks (they only read the store)
+# --------------------------------------------------------------------------------------------------
+
+
+def results_dir() -> Path:
+    """The store the notebooks read: ``$ULD_RESULTS_DIR`` or ``results``."""
+    return Path(os.environ.get(RESULTS_ENV, "results"))
+
+
+def figures_dir(store: str | os.PathLike | None = None) -> Path:
+    """Where figures go: ``$ULD_FIGURES_DIR``, else ``<store>/figures``."""
+    if os.environ.get(FIGURES_ENV):
+        return Path(os.environ[FIGURES_ENV])
+    return Path(store if store is not None else results_dir()) / "figures"
+
+
+def save_figure(fig: Any, name: str, out_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Save a matplotlib figure as ``<name>.png`` and ``<name>.pdf`` (rename into place)."""
+    out_dir = Path(out_dir) if out_dir is not None else figures_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "pdf"):
+        target = out_dir / f"{name}.{ext}"
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".{ext}", dir=out_dir)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        paths.append(target)
+    return paths
+
+
+def _pair_label(df: Any) -> Any:
+    return df["teacher"].fillna("–") + " → " + df["student"].fillna("–")
+
+
+def paired(df: Any, metrics: Sequence[str] | None = None) -> Any:
+    """Ours beside the authors' per cell: one row per cell key x metric with both numbers.
+
+    ``df`` is ``load_results(..., source="both")``. Our runs in one cell are averaged. Columns:
+    KEY_FIELDS, metric, ours, authors, diff, n_runs, flag.
+    """
+    import pandas as pd
+
+    if metrics is not None:
+        df = df[df["metric"].isin(metrics)]
+    df = df.copy()
+    df["key"] = [cell_key(r) for r in df.to_dict("records")]
+    ours = df[df["source"] == "ours"].groupby(["key", "metric"]).agg(ours=("value", "mean"), n_runs=("value", "size"))
+    authors = df[df["source"] == "authors"].groupby(["key", "metric"]).agg(authors=("value", "first"), flag=("flag", "first"))
+    out = ours.join(authors, how="inner").reset_index()
+    if out.empty:
+        return pd.DataFrame(columns=[*KEY_FIELDS, "metric", "ours", "authors", "diff", "n_runs", "flag"])
+    out[list(KEY_FIELDS)] = pd.DataFrame(out["key"].tolist(), index=out.index)
+    out["diff"] = out["ours"] - out["authors"]
+    return out.drop(columns="key")[[*KEY_FIELDS, "metric", "ours", "authors", "diff", "n_runs", "flag"]]
+
+
+def _mean_per(df: Any, by: list[str]) -> Any:
+    return df.groupby(by, dropna=False, as_index=False).agg(value=("value", "mean"), n_runs=("value", "size"))
+
+
+def fraction_frame(df: Any, metric: str = "f1") -> Any:
+    """λ=0 and ULD scores against the training fraction, for every (source, task, pair) whose runs
+    vary the fraction. Columns: source, task, teacher, student, pair, setting, train_fraction, value, n_runs."""
+    sub = df[(df["metric"] == metric) & df["setting"].isin(["lambda0", "uld"])]
+    by = ["source", "task", "teacher", "student", "setting", "train_fraction"]
+    out = _mean_per(sub, by)
+    series = ["source", "task", "teacher", "student"]
+    varied = out.groupby(series, dropna=False)["train_fraction"].transform("nunique") > 1
+    out = out[varied].copy()
+    out["pair"] = _pair_label(out)
+    out["panel"] = out["task"] + "\n" + out["pair"]
+    return out.sort_values(by).reset_index(drop=True)
+
+
+def size_frame(df: Any, metric: str = "f1") -> Any:
+    """Student few-shot / λ=0 / ULD scores against the student's parameter count, for every (source,
+    task, teacher) series with more than one student. Full training set only."""
+    sub = df[(df["metric"] == metric) & df["setting"].isin(["student-few-shot", "lambda0", "uld"])]
+    sub = sub[(sub["train_fraction"] == 1.0) & sub["student"].isin(list(STUDENT_PARAMS))]
+    out = _mean_per(sub, ["source", "task", "teacher", "student", "setting"])
+    # the few-shot rows have no teacher: attach them to every teacher the student was distilled from
+    fewshot = out[out["setting"] == "student-few-shot"].drop(columns="teacher")
+    distilled = out[out["setting"] != "student-few-shot"]
+    teachers = distilled[["source", "task", "student", "teacher"]].drop_duplicates()
+    import pandas as pd
+
+    out = pd.concat([distilled, fewshot.merge(teachers, on=["source", "task", "student"])], ignore_index=True)
+    out["params"] = out["student"].map(STUDENT_PARAMS)
+    out["panel"] = out["task"] + "\nteacher " + out["teacher"].fillna("–")
+    n_students = out.groupby(["source", "task", "teacher"])["student"].transform("nunique")
+    return out[n_students > 1].sort_values(["source", "task", "teacher", "setting", "params"]).reset_index(drop=True)
+
+
+def cost_frame(df: Any, metric: str = "f1") -> Any:
+    """Closed-form ULD and ULD-OT per cost for every (source, task, pair) where OT was run.
+    Column ``cost``: "closed form", "uniform", "levenshtein", "embedding"."""
+    sub = df[(df["metric"] == metric) & df["setting"].isin(["uld", "uld-ot"]) & (df["train_fraction"] == 1.0)].copy()
+    sub["cost"] = sub["ot_cost"].where(sub["setting"] == "uld-ot", "closed form")
+    out = _mean_per(sub, ["source", "task", "teacher", "student", "cost"])
+    has_ot = out.groupby(["task", "teacher", "student"])["cost"].transform(lambda c: (c != "closed form").any())
+    out = out[has_ot].copy()
+    out["pair"] = _pair_label(out)
+    out["panel"] = out["task"] + "\n" + out["pair"]
+    order = {c: i for i, c in enumerate(["closed form", "uniform", "levenshtein", "embedding"])}
+    out["cost_rank"] = out["cost"].map(order).fillna(len(order))
+    return out.sort_values(["task", "pair", "source", "cost_rank"]).drop(columns="cost_rank").reset_index(drop=True)
+
+
+def curves_frame(logs: Any, settings: Sequence[str] = ("lambda0", "uld")) -> Any:
+    """Training-log lines (``load_training_logs``) of the given settings in long form for plotting:
+    one row per (run, step, split, quantity) with quantity in loss / ce / uld; a ``best`` column marks
+    the step with the lowest validation loss of each run (the checkpoint the paper keeps)."""
+    import pandas as pd
+
+    logs = logs[logs["setting"].isin(settings)].copy()
+    if logs.empty:
+        return pd.DataFrame(columns=["run_id", "task", "teacher", "student", "setting", "train_fraction",
+                                     "step", "epoch", "split", "quantity", "value", "best", "pair", "panel"])
+    quantities = [q for q in ("loss", "ce", "uld") if q in logs.columns]
+    ids = ["run_id", "task", "teacher", "student", "setting", "train_fraction", "step", "epoch", "split"]
+    for c in ids:
+        if c not in logs.columns:
+            logs[c] = None
+    long = logs.melt(id_vars=ids, value_vars=quantities, var_name="quantity", value_name="value").dropna(subset=["value"])
+    val = long[(long["split"] == "val") & (long["quantity"] == "loss")]
+    best_step = val.loc[val.groupby("run_id")["value"].idxmin(), ["run_id", "step"]] if not val.empty else val[["run_id", "step"]]
+    best = set(map(tuple, best_step.to_numpy().tolist()))
+    long["best"] = [(r, s) in best for r, s in zip(long["run_id"], long["step"])]
+    long["pair"] = _pair_label(long)
+    long["panel"] = long["task"] + "\n" + long["pair"]
+    return long.reset_index(drop=True)

@@ -1,0 +1,80 @@
+"""Every paper_tables/ script builds from the fixture store (--report-only), for both presets, and
+its cells carry the numbers of the runs and of the authors' file."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURE = REPO / "tests" / "fixtures" / "store"
+TABLES = ["main", "student_size", "data_fraction", "encoder_decoder", "cost_ablation"]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"table_{name}", REPO / "paper_tables" / f"table_{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.2f}"
+
+
+@pytest.mark.parametrize("preset", ["paper", "small"])
+@pytest.mark.parametrize("name", TABLES)
+def test_table_script_builds_from_fixture_store(name, preset, tmp_path, capsys):
+    rc = _script(name).main(["--report-only", "--store", str(FIXTURE), "--out", str(tmp_path), "--preset", preset])
+    assert rc == 0
+    stem = f"table_{name}" + ("" if preset == "paper" else "_small")
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / (stem + '.md')}" in out
+    md = (tmp_path / f"{stem}.md").read_text()
+    assert (tmp_path / f"{stem}.tex").read_text().startswith(r"\begin{table*}")
+    with (tmp_path / f"{stem}.cells.csv").open() as fh:
+        cells = list(csv.DictReader(fh))
+    assert cells
+    checked = 0
+    for cell in cells:
+        run_ids = cell["run_ids"].split()
+        if len(run_ids) == 1:  # ours is exactly what the run's scores.json says
+            scores = json.loads((FIXTURE / "runs" / run_ids[0] / "scores.json").read_text())
+            assert float(cell["ours"]) == pytest.approx(scores["metrics"][cell["metric"]])
+            assert _fmt(float(cell["ours"])) in md
+            checked += 1
+        elif not run_ids:
+            assert cell["ours"] == ""
+        if cell["authors"] and cell["ours"]:
+            assert float(cell["diff"]) == pytest.approx(float(cell["ours"]) - float(cell["authors"]))
+    assert checked > 0
+    if preset == "small":
+        assert all(c["authors"] == "" for c in cells)  # stand-in models: nothing to compare with
+    else:
+        assert any(c["authors"] for c in cells)
+
+
+def test_encoder_decoder_small_shows_the_missing_run(tmp_path):
+    _script("encoder_decoder").main(["--report-only", "--store", str(FIXTURE), "--out", str(tmp_path), "--preset", "small"])
+    lines = [l for l in (tmp_path / "table_encoder_decoder_small.md").read_text().splitlines() if "| ULD |" in l]
+    assert len(lines) == 1 and lines[0].count("| – ") >= 9
+    assert "1 of 2 grid points have results" in (tmp_path / "table_encoder_decoder_small.md").read_text()
+
+
+def test_script_and_build_table_agree(tmp_path):
+    from uld.reporting import build_table
+
+    _script("main").main(["--report-only", "--store", str(FIXTURE), "--out", str(tmp_path / "a")])
+    built = build_table("main", report_only=True, store_root=FIXTURE, out_dir=tmp_path / "b")
+    for ext in ("md", "tex", "cells.csv"):
+        assert (tmp_path / "a" / f"table_main.{ext}").read_text() == (tmp_path / "b" / f"table_main.{ext}").read_text()
+    assert built.paths["md"] == tmp_path / "b" / "table_main.md"
+
+
+def test_report_only_with_force_is_refused(tmp_path):
+    with pytest.raises(SystemExit):
+        _script("main").main(["--report-only", "--force", "--store", str(FIXTURE), "--out", str(tmp_path)])
