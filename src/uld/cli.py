@@ -175,7 +175,8 @@ def cmd_evaluate(args) -> int:
     from uld import evaluation
 
     if args.rescore:
-        scores = evaluation.rescore_file(args.rescore, task=args.task, protocol=args.protocol)
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        scores = evaluation.rescore_file(args.rescore, task=args.task, protocol=args.protocol, metrics=metrics)
         print(json.dumps(scores, indent=2))
         return 0
     if args.checkpoint:
@@ -257,13 +258,34 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from uld.config import ConfigError
-
     try:
         return args.func(args)
-    except ConfigError as exc:
-        print(f"uld: configuration error: {exc}", file=sys.stderr)
+    except _user_errors() as exc:
+        # Bad input (config, files, rows) is reported in one line; -v shows the traceback.
+        if args.verbose:
+            raise
+        print(f"uld: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from uld.config import ConfigError
+
+    errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
+    for module, names in (
+        ("uld.data", ("DataError", "ChatTemplateError", "PromptTooLong")),
+        ("uld.metrics", ("MetricInputError",)),
+        ("uld.evaluation", ("EvaluationError",)),
+        ("uld.results", ("ResultsError",)),
+        ("uld.teacher", ("TeacherError",)),
+        ("uld.training", ("TrainingError",)),
+    ):
+        try:
+            mod = __import__(module, fromlist=list(names))
+        except ImportError:  # pragma: no cover - optional pieces missing in a broken install
+            continue
+        errors.extend(getattr(mod, n) for n in names if isinstance(getattr(mod, n, None), type))
+    return tuple(errors)
 
 
 if __name__ == "__main__":  # pragma: no cover

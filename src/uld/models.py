@@ -127,6 +127,7 @@ def resolve_model(cfg: ModelConfig, registry: dict[str, ModelEntry] | None = Non
         entry = next((e for e in registry.values() if e.hub_id == name), None)
         if entry is not None:
             name = next(k for k, e in registry.items() if e is entry)
+    registered = entry is not None
     if entry is None:
         entry = ModelEntry(hub_id=name)
     if cfg.path:
@@ -136,7 +137,7 @@ def resolve_model(cfg: ModelConfig, registry: dict[str, ModelEntry] | None = Non
     else:
         candidates = [name, entry.hub_id.split("/")[-1], entry.hub_id.replace("/", "--")]
         source = _find_local(candidates) or (name if Path(name).is_dir() else entry.hub_id)
-    if Path(source).is_dir():
+    if Path(source).is_dir() and not registered:
         entry = _complete_entry_from_folder(entry, Path(source))
     dtype = cfg.dtype or entry.dtype
     return ResolvedModel(name, entry, source, cfg.revision, dtype, cfg.trust_remote_code)
@@ -145,7 +146,7 @@ def resolve_model(cfg: ModelConfig, registry: dict[str, ModelEntry] | None = Non
 def _complete_entry_from_folder(entry: ModelEntry, folder: Path) -> ModelEntry:
     """For unregistered local folders, read the architecture from config.json."""
     cfg_file = folder / "config.json"
-    if entry.hub_id and "/" in entry.hub_id or not cfg_file.is_file():
+    if not cfg_file.is_file():
         return entry
     import json
 

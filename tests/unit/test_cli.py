@@ -49,6 +49,12 @@ def test_config_error_is_reported_with_key(capsys):
     assert "training.bogus" in capsys.readouterr().err
 
 
+def test_missing_file_is_one_clean_line(capsys, tmp_path):
+    assert main(["evaluate", "--rescore", str(tmp_path / "nope.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.jsonl" in err and "Traceback" not in err
+
+
 def _readme_commands() -> list[str]:
     text = (REPO / "README.md").read_text()
     cmds = []

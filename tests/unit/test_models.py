@@ -78,3 +78,11 @@ def test_missing_local_weights_message(tmp_path, monkeypatch):
     r = resolve_model(ModelConfig(name="x", path=str(tmp_path / "empty")), {})
     with pytest.raises((ConfigError, OSError, ValueError)):
         load_tokenizer(r)
+
+
+def test_unregistered_seq2seq_folder_is_detected(tiny_models, monkeypatch):
+    monkeypatch.delenv("ULD_MODELS_DIR", raising=False)
+    folder = str(tiny_models["seq2seq"])
+    assert resolve_model(ModelConfig(name=folder), {}).is_encoder_decoder
+    assert resolve_model(ModelConfig(name="anything", path=folder), {}).is_encoder_decoder
+    assert not resolve_model(ModelConfig(name=str(tiny_models["student"])), {}).is_encoder_decoder

@@ -1,0 +1,505 @@
+"""Generate-and-score on a task's test split: the runner behind every number in the tables.
+
+Protocol (the paper's): greedy decoding, at most 150 new tokens, only the first non-empty line of the
+generation is kept (stripped). Students get the zero-shot prompt they were trained on
+(``Task.student_prompt``); teachers are evaluated few-shot through their chat template, exactly as they
+were prompted to write the training answers. Scores come from :mod:`uld.metrics` (corpus = mean x 100)
+against ``Task.references(ex, protocol)``: ``"authors"`` for paper tables, ``"complete"`` for all
+references.
+
+Outputs in a run folder (or any output folder)::
+
+    eval/predictions.jsonl   one row per test item: id, prompt_hash, prediction, references, scores
+    eval/scores.json         the aggregate record (also copied to scores.json, which the store reads)
+
+Every file is written atomically; a run that already has ``scores.json`` is skipped unless forced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+from uld.config import EvaluationConfig, ExperimentConfig, ModelConfig
+from uld.metrics import aggregate, bertscore_settings, rescore_file, score_examples
+from uld.results import RunFolder, atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "keep_first_line",
+    "generate_predictions",
+    "build_prompts",
+    "prompt_hash",
+    "evaluate_model",
+    "evaluate_run",
+    "evaluate_checkpoint",
+    "score_predictions",
+    "rescore_file",
+    "EvaluationError",
+]
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
+
+
+class EvaluationError(ValueError):
+    """An evaluation cannot run as asked (missing checkpoint, tokenizer, ...); the message says how to fix it."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------------
+
+
+def keep_first_line(text: str) -> str:
+    """The first non-empty line of a generation, stripped (a leading line break is not an empty answer)."""
+    lines = text.strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def _first_line_stop(tokenizer, prompt_len: int):
+    """Stopping rule: a row is done once its new text has a line break after some content.
+
+    Greedy tokens before that break do not depend on when decoding stops, so the kept first line is the
+    one ``max_new_tokens`` would give; stopping early only saves compute.
+    """
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids, scores=None, **kwargs):
+            texts = tokenizer.batch_decode(input_ids[:, prompt_len:], skip_special_tokens=True)
+            done = [any(c in t.lstrip() for c in "\n\r") for t in texts]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Stop()])
+
+
+def _encode(tokenizer, prompt: str, *, encoder_decoder: bool, add_special_tokens: bool) -> list[int]:
+    from uld.data import encode_prompt
+
+    return encode_prompt(tokenizer, prompt, encoder_decoder=encoder_decoder, add_special_tokens=add_special_tokens)
+
+
+def generate_predictions(
+    model,
+    tokenizer,
+    prompts: Sequence[str] | Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int = 150,
+    batch_size: int = 16,
+    first_line: bool = True,
+    encoder_decoder: bool = False,
+    add_special_tokens: bool = True,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy generations for ``prompts`` (text, or token ids already encoded), in input order.
+
+    Prompts are sorted by length so a batch holds similar lengths (little padding), left-padded for a
+    decoder-only model (every row's next token sits at the last position), right-padded for an
+    encoder-decoder. Text prompts are encoded like the training prompts (``uld.data.encode_prompt``);
+    ``add_special_tokens=False`` for text that already carries them (a rendered chat prompt).
+    Post-processing: the first non-empty line, stripped (``first_line=False``: the whole text, stripped).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    ids: list[list[int]] = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            ids.append(_encode(tokenizer, p, encoder_decoder=encoder_decoder, add_special_tokens=add_special_tokens))
+        elif isinstance(p, (list, tuple)) and all(isinstance(t, int) for t in p):
+            ids.append(list(p))
+        else:
+            raise TypeError(f"prompts[{i}] must be a str or a list of token ids, got {type(p).__name__}")
+        if not ids[-1]:
+            raise ValueError(f"prompts[{i}] encodes to no tokens")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError("the tokenizer has neither a pad nor an EOS token: cannot batch prompts")
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    # longest first: an out-of-memory batch fails at once, not at the end
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
+    texts = [""] * len(ids)
+    bar = tqdm(total=len(ids), desc=desc, unit="ex", disable=not progress or None)
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            width = max(len(ids[i]) for i in idx)
+            batch = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):
+                n = len(ids[i])
+                cols = slice(0, n) if encoder_decoder else slice(width - n, width)
+                batch[r, cols] = torch.tensor(ids[i], dtype=torch.long)
+                mask[r, cols] = 1
+            # enc-dec outputs are decoder ids that start with the decoder start token
+            prompt_len = 1 if encoder_decoder else width
+            stops = _first_line_stop(tokenizer, prompt_len) if first_line else None
+            with torch.no_grad():
+                out = model.generate(
+                    input_ids=batch.to(device),
+                    attention_mask=mask.to(device),
+                    do_sample=False,
+                    num_beams=1,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=pad_id,
+                    stopping_criteria=stops,
+                    # the model's own generation config may ask for sampling: greedy means greedy
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                )
+            new = out[:, prompt_len:].cpu()
+            decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
+            for i, text in zip(idx, decoded):
+                texts[i] = text
+            bar.update(len(idx))
+    finally:
+        bar.close()
+        model.train(was_training)
+    if first_line:
+        return [keep_first_line(t) for t in texts]
+    return [t.strip() for t in texts]
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompts
+# --------------------------------------------------------------------------------------------------
+
+
+def prompt_hash(prompt: str) -> str:
+    """Short content hash of a prompt: two runs saw the same input iff the hashes agree."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+
+
+def _student_few_shot(task, ex, shots) -> str:
+    # Same plain format as the zero-shot prompt: solved examples, a blank line, then the item.
+    solved = [f"{task.student_prompt(s)} {task.gold_answer(s)}" for s in shots]
+    return "\n\n".join(solved + [task.student_prompt(ex)])
+
+
+def build_prompts(
+    task,
+    examples: Sequence[Any],
+    *,
+    target: str = "student",
+    shots: Sequence[Any] = (),
+    tokenizer=None,
+    title: bool = False,
+    system_role: bool = True,
+    chat_template: Optional[str] = None,
+) -> list[str]:
+    """Prompt text per example.
+
+    ``target="student"``: the zero-shot student prompt, or, with ``shots``, those solved examples in
+    the same plain format before it. ``target="teacher"``: the chat-rendered few-shot prompt
+    (``render_chat(tokenizer, task.teacher_messages(ex, shots, title=...))``); its text carries the
+    special tokens, so encode it with ``add_special_tokens=False``.
+    """
+    if target == "student":
+        if not shots:
+            return [task.student_prompt(ex) for ex in examples]
+        return [_student_few_shot(task, ex, shots) for ex in examples]
+    if target != "teacher":
+        raise ValueError(f"target must be 'student' or 'teacher', got {target!r}")
+    if tokenizer is None:
+        raise ValueError("teacher prompts need the teacher's tokenizer (for its chat template)")
+    from uld.data import render_chat
+
+    return [
+        render_chat(tokenizer, task.teacher_messages(ex, list(shots), title=title), system_role=system_role,
+                    template=chat_template)
+        for ex in examples
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring and records
+# --------------------------------------------------------------------------------------------------
+
+
+def _bertscore_opts(cfg: EvaluationConfig) -> dict[str, Any]:
+    return {
+        "model_type": cfg.bertscore_model,
+        "model_path": cfg.bertscore_path,
+        "num_layers": cfg.bertscore_num_layers,
+        "rescale": cfg.bertscore_rescale,
+        "batch_size": cfg.bertscore_batch_size,
+    }
+
+
+def score_predictions(
+    predictions: Sequence[str],
+    references_lists: Sequence[Sequence[str]],
+    cfg: EvaluationConfig,
+    *,
+    device: Optional[str] = None,
+) -> tuple[list[dict[str, float]], dict[str, float], dict[str, Any]]:
+    """(per-example scores, corpus metrics x 100, notes) for the metrics ``cfg`` asks for.
+
+    BERTScore needs its model (roberta-large by default). If it is given by Hub name and cannot be
+    loaded (offline), BERTScore is left out and ``notes["skipped"]`` says why; a local
+    ``bertscore_path`` that fails to load is an error.
+    """
+    metrics = list(cfg.metrics)
+    notes: dict[str, Any] = {"rouge_stemming": cfg.rouge_stemming}
+    wants_bert = any(m == "bertscore" or m.startswith("bertscore_") for m in metrics)
+    others = [m for m in metrics if not (m == "bertscore" or m.startswith("bertscore_"))]
+    rows = score_examples(predictions, references_lists, others, rouge_stemming=cfg.rouge_stemming)
+    if wants_bert:
+        opts = _bertscore_opts(cfg)
+        notes["bertscore"] = bertscore_settings(
+            **{k: opts[k] for k in ("model_type", "model_path", "num_layers", "rescale")}
+        )
+        try:
+            bert_rows = score_examples(
+                predictions, references_lists, ["bertscore"], bertscore_opts={**opts, "device": device}
+            )
+        except OSError as exc:
+            if cfg.bertscore_path is not None:
+                raise
+            reason = (f"BERTScore model {cfg.bertscore_model!r} could not be loaded ({exc.__class__.__name__}); "
+                      f"offline, set evaluation.bertscore_path to a local copy")
+            log.warning(reason)
+            notes["skipped"] = {"bertscore": reason}
+        else:
+            for row, extra in zip(rows, bert_rows):
+                row.update(extra)
+    return rows, aggregate(rows), notes
+
+
+def evaluate_model(
+    model_source: Any,
+    task: Any,
+    examples: Sequence[Any],
+    cfg: EvaluationConfig,
+    *,
+    prompts: Optional[Sequence[str]] = None,
+    tokenizer: Any = None,
+    encoder_decoder: Optional[bool] = None,
+    add_special_tokens: bool = True,
+    protocol: Optional[str] = None,
+    device: Optional[str] = None,
+    dtype: Optional[str] = None,
+    model_info: Optional[dict[str, Any]] = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Generate for ``examples`` and score them. Returns (per-example rows, scores record).
+
+    ``model_source``: a loaded model (then ``tokenizer`` is required), a local folder / Hub id, or a
+    ``uld.models.ResolvedModel``. ``prompts`` default to the task's zero-shot student prompts.
+    The record's ``metrics`` are x 100; ``model`` describes what was evaluated.
+    """
+    from uld.data import get_task
+
+    task = get_task(task)
+    examples = list(examples)
+    if not examples:
+        raise EvaluationError(f"no examples to evaluate for task {task.name!r}")
+    protocol = protocol or cfg.references
+    model, tokenizer, enc_dec, info = _load(model_source, tokenizer, encoder_decoder, device=device, dtype=dtype)
+    info = {**info, **(model_info or {})}
+    if prompts is None:
+        prompts = build_prompts(task, examples)
+    if len(prompts) != len(examples):
+        raise ValueError(f"{len(prompts)} prompts for {len(examples)} examples")
+    predictions = generate_predictions(
+        model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+        first_line=cfg.first_line, encoder_decoder=enc_dec, add_special_tokens=add_special_tokens,
+        desc=f"evaluate {task.name}",
+    )
+    references = [task.references(ex, protocol) for ex in examples]
+    per, metrics, notes = score_predictions(predictions, references, cfg, device=device)
+    rows = [
+        {"id": ex.id, "prompt_hash": prompt_hash(p), "prediction": pred, "references": list(refs), **scores}
+        for ex, p, pred, refs, scores in zip(examples, prompts, predictions, references, per)
+    ]
+    record = {
+        "task": task.name,
+        "split": "test",
+        "n": len(rows),
+        "target": cfg.target,
+        "protocol": protocol,
+        "checkpoint": None,
+        "model": info,
+        "metrics": metrics,
+        "n_empty_predictions": sum(1 for p in predictions if not p),
+        "generation": {"max_new_tokens": cfg.max_new_tokens, "first_line": cfg.first_line, "greedy": True,
+                       "shots": cfg.shots},
+        "metric_settings": notes,
+    }
+    return rows, record
+
+
+def _load(model_source, tokenizer, encoder_decoder, *, device, dtype):
+    """-> (model, tokenizer, is_encoder_decoder, description)."""
+    from uld.models import ResolvedModel, load_model, load_tokenizer, resolve_model
+
+    if isinstance(model_source, (str, os.PathLike)):
+        model_source = _with_folder_arch(resolve_model(ModelConfig(name=str(model_source))))
+    if isinstance(model_source, ResolvedModel):
+        resolved = model_source
+        model = load_model(resolved, dtype=dtype)
+        if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+            tok_src = resolved if tokenizer is None else resolve_model(ModelConfig(name=str(tokenizer)))
+            tokenizer = load_tokenizer(tok_src)
+        enc_dec = resolved.is_encoder_decoder if encoder_decoder is None else encoder_decoder
+        info = resolved.describe()
+    else:
+        model = model_source
+        if tokenizer is None:
+            raise ValueError("evaluate_model got a loaded model: pass its tokenizer too")
+        enc_dec = bool(getattr(model.config, "is_encoder_decoder", False)) if encoder_decoder is None else encoder_decoder
+        info = {"name": getattr(model.config, "_name_or_path", "") or type(model).__name__}
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, enc_dec, info
+
+
+def _with_folder_arch(resolved):
+    """An unregistered local folder: take encoder-decoder-ness from its config.json."""
+    import dataclasses
+
+    cfg_file = Path(resolved.source) / "config.json"
+    if cfg_file.is_file() and resolved.entry.arch == "decoder":
+        if json.loads(cfg_file.read_text()).get("is_encoder_decoder"):
+            resolved = dataclasses.replace(resolved, entry=dataclasses.replace(resolved.entry, arch="encoder-decoder"))
+    return resolved
+
+
+def _write_outputs(folder: Path, rows: list[dict[str, Any]], record: dict[str, Any]) -> None:
+    lines = "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in rows)
+    atomic_write_text(folder / "eval" / "predictions.jsonl", lines)
+    atomic_write_json(folder / "eval" / "scores.json", record)
+    # written last: its presence means the evaluation is complete
+    atomic_write_json(folder / "scores.json", record)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return str(obj)
+
+
+# --------------------------------------------------------------------------------------------------
+# Runs and stand-alone checkpoints
+# --------------------------------------------------------------------------------------------------
+
+
+def evaluate_run(
+    cfg: ExperimentConfig, run: RunFolder, model_dir: str | os.PathLike | None = None, *, force: bool = False
+) -> dict[str, Any]:
+    """Evaluate a run's checkpoint (or, for ``training.method: none``, the model itself) on the test split.
+
+    Model: ``model_dir`` if given, else ``checkpoints/<evaluation.checkpoint>`` of the run; with method
+    ``none`` or ``evaluation.target: teacher``, the registry's student / teacher. Skips (returns the
+    stored record) when ``scores.json`` exists, unless ``force``.
+    """
+    from uld.data import get_task, select_shots, test_split, training_pool
+    from uld.models import load_tokenizer, resolve_model, shots_for, title_for
+
+    if run.exists("scores.json") and not force:
+        log.info("%s: scores.json exists, skipping evaluation", run.path)
+        return run.read_json("scores.json")
+    ev = cfg.evaluation
+    task = get_task(cfg.data.task)
+    examples = test_split(cfg.data)
+    checkpoint: Optional[str] = None
+    if ev.target == "teacher":
+        resolved = resolve_model(cfg.teacher)
+    elif model_dir is not None or cfg.training.method != "none":
+        folder = Path(model_dir) if model_dir is not None else run.file("checkpoints", ev.checkpoint)
+        if not folder.is_dir():
+            raise EvaluationError(
+                f"checkpoint folder {folder} does not exist: train the run first (uld train) or pass model_dir"
+            )
+        resolved = resolve_model(ModelConfig(name=cfg.student.name, path=str(folder), dtype=cfg.student.dtype))
+        checkpoint = str(folder if model_dir is not None else ev.checkpoint)
+    else:
+        resolved = resolve_model(cfg.student)
+    tokenizer = load_tokenizer(resolved)
+    add_special_tokens = True
+    if ev.target == "teacher":
+        entry = resolved.entry
+        k = shots_for(entry, task.name, cfg.data.teacher_shots)
+        shots = select_shots(list(training_pool(cfg.data).train), k, cfg.data.split_seed) if k else []
+        prompts = build_prompts(
+            task, examples, target="teacher", shots=shots, tokenizer=tokenizer,
+            title=title_for(entry, task.name, cfg.data.teacher_title), system_role=entry.system_role,
+            chat_template=entry.chat_template,
+        )
+        add_special_tokens = False  # the rendered chat text carries its special tokens
+    else:
+        shots = select_shots(list(training_pool(cfg.data).train), ev.shots, cfg.data.split_seed) if ev.shots else []
+        prompts = build_prompts(task, examples, shots=shots)
+    rows, record = evaluate_model(
+        resolved, task, examples, ev, prompts=prompts, tokenizer=tokenizer, add_special_tokens=add_special_tokens,
+        device=cfg.device,
+    )
+    record["checkpoint"] = checkpoint
+    record["run_id"] = run.id
+    record["method"] = cfg.training.method
+    record["shot_ids"] = [s.id for s in shots]
+    _write_outputs(run.path, rows, record)
+    return record
+
+
+def _has_tokenizer_files(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in TOKENIZER_FILES)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    task: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    test_size: Optional[int] = None,
+    out_dir: str | os.PathLike,
+    tokenizer: str | os.PathLike | None = None,
+    eval_cfg: Optional[EvaluationConfig] = None,
+    force: bool = True,
+    device: Optional[str] = None,
+) -> dict[str, Any]:
+    """Evaluate any HF model folder or Hub id on ``task``'s test split with zero-shot student prompts.
+
+    Writes ``out_dir/eval/predictions.jsonl``, ``out_dir/eval/scores.json`` and ``out_dir/scores.json``
+    and returns the record. ``tokenizer`` (folder or Hub id) is needed when the checkpoint folder has
+    no tokenizer files.
+    """
+    from uld.config import DataConfig
+    from uld.data import get_task, test_split
+
+    eval_cfg = eval_cfg or EvaluationConfig()
+    out = Path(out_dir)
+    if (out / "scores.json").exists() and not force:
+        return json.loads((out / "scores.json").read_text())
+    ckpt = Path(checkpoint)
+    if ckpt.exists() and not ckpt.is_dir():
+        raise EvaluationError(f"checkpoint {ckpt} is a file; give the model folder")
+    if ckpt.is_dir() and tokenizer is None and not _has_tokenizer_files(ckpt):
+        raise EvaluationError(
+            f"checkpoint folder {ckpt} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): pass the "
+            f"tokenizer the model was trained with, e.g. `uld evaluate --checkpoint {ckpt} --tokenizer DIR_OR_HUB_ID`"
+        )
+    task_obj = get_task(task)
+    examples = test_split(DataConfig(task=task_obj.name, dir=str(data_dir) if data_dir else None, test_size=test_size))
+    rows, record = evaluate_model(str(checkpoint), task_obj, examples, eval_cfg, tokenizer=tokenizer, device=device)
+    record["checkpoint"] = str(checkpoint)
+    _write_outputs(out, rows, record)
+    return record

@@ -1,0 +1,132 @@
+"""End to end on tiny random models: predictions and scores appear, and are reproducible."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from uld.config import EvaluationConfig, ExperimentConfig, from_dict
+from uld.evaluation import EvaluationError, evaluate_checkpoint, evaluate_run, generate_predictions, keep_first_line
+from uld.results import RunFolder
+
+FAST = dict(metrics=["f1", "em", "rouge"], max_new_tokens=8, batch_size=3)
+
+
+def _rows(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "eval" / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_keep_first_line():
+    assert keep_first_line("\n  Paris\nLyon") == "Paris"
+    assert keep_first_line("  \n \n") == ""
+    assert keep_first_line("one line ") == "one line"
+
+
+def test_generate_predictions_order_and_batching(tiny_models):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tiny_models["student"]
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    prompts = ["Context: a\nQuestion: b?\nAnswer:", "Context: The Eiffel Tower is in Paris, France.\nAnswer:", "x"]
+    one = generate_predictions(model, tok, prompts, max_new_tokens=6, batch_size=1, progress=False)
+    three = generate_predictions(model, tok, prompts, max_new_tokens=6, batch_size=3, progress=False)
+    assert one == three  # left padding and length sorting do not change greedy outputs or their order
+    assert all("\n" not in p for p in one)
+    whole = generate_predictions(model, tok, prompts, max_new_tokens=6, batch_size=2, first_line=False, progress=False)
+    assert [keep_first_line(w) for w in whole] == one
+
+
+def test_evaluate_checkpoint_writes_reproducible_records(tiny_models, shared_data_dir, tmp_path):
+    cfg = EvaluationConfig(**FAST)
+    first = evaluate_checkpoint(tiny_models["student"], "squad", data_dir=shared_data_dir, test_size=5,
+                                out_dir=tmp_path / "a", eval_cfg=cfg, device="cpu")
+    assert first["n"] == 5 and first["task"] == "squad" and first["split"] == "test"
+    assert set(first["metrics"]) >= {"f1", "em", "rouge1", "rouge2", "rougeL", "rougeLsum"}
+    assert all(0.0 <= v <= 100.0 for v in first["metrics"].values())
+    stored = json.loads((tmp_path / "a" / "scores.json").read_text())
+    assert stored == json.loads((tmp_path / "a" / "eval" / "scores.json").read_text())
+    assert stored["metrics"] == pytest.approx(first["metrics"])
+    rows = _rows(tmp_path / "a")
+    assert len(rows) == 5 and len({r["id"] for r in rows}) == 5
+    for r in rows:
+        assert {"id", "prompt_hash", "prediction", "references", "f1", "em", "rouge1"} <= set(r)
+        assert r["references"] and all(isinstance(x, str) for x in r["references"])
+    # the stored per-example scores give back the corpus numbers
+    assert 100 * sum(r["f1"] for r in rows) / 5 == pytest.approx(first["metrics"]["f1"])
+
+    second = evaluate_checkpoint(tiny_models["student"], "squad", data_dir=shared_data_dir, test_size=5,
+                                 out_dir=tmp_path / "b", eval_cfg=cfg, device="cpu")
+    assert _rows(tmp_path / "b") == rows
+    assert second["metrics"] == first["metrics"]
+
+
+def test_encoder_decoder_checkpoint(tiny_models, shared_data_dir, tmp_path):
+    rec = evaluate_checkpoint(tiny_models["seq2seq"], "dialogsum", data_dir=shared_data_dir, test_size=3,
+                              out_dir=tmp_path, eval_cfg=EvaluationConfig(**FAST), device="cpu")
+    assert rec["n"] == 3 and rec["model"]["arch"] == "encoder-decoder"
+    assert all(len(r["references"]) == 3 for r in _rows(tmp_path))  # DialogSum: three test summaries
+
+
+def test_checkpoint_without_tokenizer_files(tiny_models, shared_data_dir, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors", "generation_config.json"):
+        if (tiny_models["student"] / name).exists():
+            shutil.copy(tiny_models["student"] / name, bare / name)
+    with pytest.raises(EvaluationError, match="--tokenizer"):
+        evaluate_checkpoint(bare, "squad", data_dir=shared_data_dir, test_size=2, out_dir=tmp_path / "o",
+                            eval_cfg=EvaluationConfig(**FAST))
+    rec = evaluate_checkpoint(bare, "squad", data_dir=shared_data_dir, test_size=2, out_dir=tmp_path / "o",
+                              tokenizer=str(tiny_models["student"]), eval_cfg=EvaluationConfig(**FAST), device="cpu")
+    assert rec["n"] == 2
+
+
+def _config(tmp_path, tiny_models, shared_data_dir, **evaluation) -> ExperimentConfig:
+    return from_dict(ExperimentConfig, {
+        "name": "eval-test",
+        "teacher": {"name": "tiny-teacher", "path": str(tiny_models["teacher"])},
+        "student": {"name": "tiny-student", "path": str(tiny_models["student"])},
+        "data": {"task": "qed", "dir": str(shared_data_dir), "test_size": 3, "train_size": 40},
+        "training": {"method": "none"},
+        "evaluation": {**FAST, **evaluation},
+        "output_dir": str(tmp_path),
+        "device": "cpu",
+    })
+
+
+def test_evaluate_run_student_and_resume(tiny_models, shared_data_dir, tmp_path):
+    cfg = _config(tmp_path, tiny_models, shared_data_dir)
+    run = RunFolder.for_config(cfg).init(cfg)
+    rec = evaluate_run(cfg, run)
+    assert rec["target"] == "student" and rec["protocol"] == "authors" and rec["n"] == 3
+    assert all(len(r["references"]) == 1 for r in _rows(run.path))  # QED, authors: the first span
+    mtime = run.file("scores.json").stat().st_mtime_ns
+    assert evaluate_run(cfg, run) == rec  # skipped: already evaluated
+    assert run.file("scores.json").stat().st_mtime_ns == mtime
+
+
+def test_evaluate_run_teacher_few_shot(tiny_models, shared_data_dir, tmp_path):
+    cfg = _config(tmp_path, tiny_models, shared_data_dir, target="teacher")
+    cfg.data.teacher_shots = 2
+    run = RunFolder.for_config(cfg).init(cfg)
+    rec = evaluate_run(cfg, run)
+    assert rec["target"] == "teacher" and len(rec["shot_ids"]) == 2
+    assert rec["model"]["name"] == "tiny-teacher"
+    from uld.data import get_task, test_split
+    from uld.evaluation import build_prompts, prompt_hash
+
+    student = {prompt_hash(p) for p in build_prompts(get_task("qed"), test_split(cfg.data))}
+    teacher = {r["prompt_hash"] for r in _rows(run.path)}
+    assert len(teacher) == 3 and not (teacher & student)  # chat-rendered few-shot prompts, not the student's
+
+
+def test_missing_checkpoint_is_a_clear_error(tiny_models, shared_data_dir, tmp_path):
+    cfg = _config(tmp_path, tiny_models, shared_data_dir)
+    cfg.training.method = "uld"
+    run = RunFolder.for_config(cfg).init(cfg)
+    with pytest.raises(EvaluationError, match="checkpoint folder .* does not exist"):
+        evaluate_run(cfg, run)
