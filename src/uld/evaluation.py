@@ -17,6 +17,7 @@ Every file is written atomically; a run that already has ``scores.json`` is skip
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,14 +27,14 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from uld.config import EvaluationConfig, ExperimentConfig, ModelConfig
+from uld.generation import greedy_generate, keep_first_line  # noqa: F401  (keep_first_line re-exported)
 from uld.metrics import aggregate, bertscore_settings, rescore_file, score_examples
 from uld.results import RunFolder, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "keep_first_line",
-    "generate_predictions",
+        "generate_predictions",
     "build_prompts",
     "prompt_hash",
     "evaluate_model",
@@ -54,30 +55,6 @@ class EvaluationError(ValueError):
 # --------------------------------------------------------------------------------------------------
 # Generation
 # --------------------------------------------------------------------------------------------------
-
-
-def keep_first_line(text: str) -> str:
-    """The first non-empty line of a generation, stripped (a leading line break is not an empty answer)."""
-    lines = text.strip().splitlines()
-    return lines[0].strip() if lines else ""
-
-
-def _first_line_stop(tokenizer, prompt_len: int):
-    """Stopping rule: a row is done once its new text has a line break after some content.
-
-    Greedy tokens before that break do not depend on when decoding stops, so the kept first line is the
-    one ``max_new_tokens`` would give; stopping early only saves compute.
-    """
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    class _Stop(StoppingCriteria):
-        def __call__(self, input_ids, scores=None, **kwargs):
-            texts = tokenizer.batch_decode(input_ids[:, prompt_len:], skip_special_tokens=True)
-            done = [any(c in t.lstrip() for c in "\n\r") for t in texts]
-            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-    return StoppingCriteriaList([_Stop()])
 
 
 def _encode(tokenizer, prompt: str, *, encoder_decoder: bool, add_special_tokens: bool) -> list[int]:
@@ -107,9 +84,6 @@ def generate_predictions(
     ``add_special_tokens=False`` for text that already carries them (a rendered chat prompt).
     Post-processing: the first non-empty line, stripped (``first_line=False``: the whole text, stripped).
     """
-    import torch
-    from tqdm.auto import tqdm
-
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     ids: list[list[int]] = []
@@ -122,56 +96,11 @@ def generate_predictions(
             raise TypeError(f"prompts[{i}] must be a str or a list of token ids, got {type(p).__name__}")
         if not ids[-1]:
             raise ValueError(f"prompts[{i}] encodes to no tokens")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise ValueError("the tokenizer has neither a pad nor an EOS token: cannot batch prompts")
-
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    # longest first: an out-of-memory batch fails at once, not at the end
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
-    texts = [""] * len(ids)
-    bar = tqdm(total=len(ids), desc=desc, unit="ex", disable=not progress or None)
-    try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            width = max(len(ids[i]) for i in idx)
-            batch = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):
-                n = len(ids[i])
-                cols = slice(0, n) if encoder_decoder else slice(width - n, width)
-                batch[r, cols] = torch.tensor(ids[i], dtype=torch.long)
-                mask[r, cols] = 1
-            # enc-dec outputs are decoder ids that start with the decoder start token
-            prompt_len = 1 if encoder_decoder else width
-            stops = _first_line_stop(tokenizer, prompt_len) if first_line else None
-            with torch.no_grad():
-                out = model.generate(
-                    input_ids=batch.to(device),
-                    attention_mask=mask.to(device),
-                    do_sample=False,
-                    num_beams=1,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=pad_id,
-                    stopping_criteria=stops,
-                    # the model's own generation config may ask for sampling: greedy means greedy
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
-                )
-            new = out[:, prompt_len:].cpu()
-            decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
-            for i, text in zip(idx, decoded):
-                texts[i] = text
-            bar.update(len(idx))
-    finally:
-        bar.close()
-        model.train(was_training)
-    if first_line:
-        return [keep_first_line(t) for t in texts]
-    return [t.strip() for t in texts]
+    out = greedy_generate(
+        model, tokenizer, ids, max_new_tokens=max_new_tokens, batch_size=batch_size, first_line=first_line,
+        encoder_decoder=encoder_decoder, desc=desc if progress else None,
+    )
+    return out.answers
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,13 +145,12 @@ def build_prompts(
         raise ValueError(f"target must be 'student' or 'teacher', got {target!r}")
     if tokenizer is None:
         raise ValueError("teacher prompts need the teacher's tokenizer (for its chat template)")
-    from uld.data import render_chat
+    from types import SimpleNamespace
 
-    return [
-        render_chat(tokenizer, task.teacher_messages(ex, list(shots), title=title), system_role=system_role,
-                    template=chat_template)
-        for ex in examples
-    ]
+    from uld.data import render_teacher_prompt
+
+    entry = SimpleNamespace(system_role=system_role, chat_template=chat_template)
+    return [render_teacher_prompt(task, ex, list(shots), entry, tokenizer, title=title) for ex in examples]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,6 +215,7 @@ def evaluate_model(
     cfg: EvaluationConfig,
     *,
     prompts: Optional[Sequence[str]] = None,
+    prompt_ids: Optional[Sequence[Sequence[int]]] = None,
     tokenizer: Any = None,
     encoder_decoder: Optional[bool] = None,
     add_special_tokens: bool = True,
@@ -298,7 +227,8 @@ def evaluate_model(
     """Generate for ``examples`` and score them. Returns (per-example rows, scores record).
 
     ``model_source``: a loaded model (then ``tokenizer`` is required), a local folder / Hub id, or a
-    ``uld.models.ResolvedModel``. ``prompts`` default to the task's zero-shot student prompts.
+    ``uld.models.ResolvedModel``. ``prompts`` default to the task's zero-shot student prompts;
+    ``prompt_ids`` (optional) are their token ids when the caller tokenizes them itself (teacher prompts).
     The record's ``metrics`` are x 100; ``model`` describes what was evaluated.
     """
     from uld.data import get_task
@@ -314,8 +244,10 @@ def evaluate_model(
         prompts = build_prompts(task, examples)
     if len(prompts) != len(examples):
         raise ValueError(f"{len(prompts)} prompts for {len(examples)} examples")
+    if prompt_ids is not None and len(prompt_ids) != len(prompts):
+        raise ValueError(f"{len(prompt_ids)} prompt_ids for {len(prompts)} prompts")
     predictions = generate_predictions(
-        model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+        model, tokenizer, prompt_ids if prompt_ids is not None else prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
         first_line=cfg.first_line, encoder_decoder=enc_dec, add_special_tokens=add_special_tokens,
         desc=f"evaluate {task.name}",
     )
@@ -347,7 +279,7 @@ def _load(model_source, tokenizer, encoder_decoder, *, device, dtype):
     from uld.models import ResolvedModel, load_model, load_tokenizer, resolve_model
 
     if isinstance(model_source, (str, os.PathLike)):
-        model_source = _with_folder_arch(resolve_model(ModelConfig(name=str(model_source))))
+        model_source = resolve_model(ModelConfig(name=str(model_source)))
     if isinstance(model_source, ResolvedModel):
         resolved = model_source
         model = load_model(resolved, dtype=dtype)
@@ -370,17 +302,6 @@ def _load(model_source, tokenizer, encoder_decoder, *, device, dtype):
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, enc_dec, info
-
-
-def _with_folder_arch(resolved):
-    """An unregistered local folder: take encoder-decoder-ness from its config.json."""
-    import dataclasses
-
-    cfg_file = Path(resolved.source) / "config.json"
-    if cfg_file.is_file() and resolved.entry.arch == "decoder":
-        if json.loads(cfg_file.read_text()).get("is_encoder_decoder"):
-            resolved = dataclasses.replace(resolved, entry=dataclasses.replace(resolved.entry, arch="encoder-decoder"))
-    return resolved
 
 
 def _write_outputs(folder: Path, rows: list[dict[str, Any]], record: dict[str, Any]) -> None:
@@ -411,7 +332,7 @@ def evaluate_run(
     ``none`` or ``evaluation.target: teacher``, the registry's student / teacher. Skips (returns the
     stored record) when ``scores.json`` exists, unless ``force``.
     """
-    from uld.data import get_task, select_shots, test_split, training_pool
+    from uld.data import encode_teacher_prompt, get_task, select_shots, test_split, training_pool
     from uld.models import load_tokenizer, resolve_model, shots_for, title_for
 
     if run.exists("scores.json") and not force:
@@ -434,23 +355,25 @@ def evaluate_run(
     else:
         resolved = resolve_model(cfg.student)
     tokenizer = load_tokenizer(resolved)
-    add_special_tokens = True
+    prompt_ids = None
     if ev.target == "teacher":
         entry = resolved.entry
         k = shots_for(entry, task.name, cfg.data.teacher_shots)
-        shots = select_shots(list(training_pool(cfg.data).train), k, cfg.data.split_seed) if k else []
+        # the teacher stage draws its shots from the whole training part of the pool (no fraction)
+        pool = list(training_pool(dataclasses.replace(cfg.data, train_fraction=1.0)).train)
+        shots = select_shots(pool, k, cfg.data.split_seed) if k else []
         prompts = build_prompts(
             task, examples, target="teacher", shots=shots, tokenizer=tokenizer,
             title=title_for(entry, task.name, cfg.data.teacher_title), system_role=entry.system_role,
             chat_template=entry.chat_template,
         )
-        add_special_tokens = False  # the rendered chat text carries its special tokens
+        # tokenized exactly as the teacher stage feeds the teacher (BOS added unless the text has it)
+        prompt_ids = [encode_teacher_prompt(tokenizer, p) for p in prompts]
     else:
         shots = select_shots(list(training_pool(cfg.data).train), ev.shots, cfg.data.split_seed) if ev.shots else []
         prompts = build_prompts(task, examples, shots=shots)
     rows, record = evaluate_model(
-        resolved, task, examples, ev, prompts=prompts, tokenizer=tokenizer, add_special_tokens=add_special_tokens,
-        device=cfg.device,
+        resolved, task, examples, ev, prompts=prompts, prompt_ids=prompt_ids, tokenizer=tokenizer, device=cfg.device,
     )
     record["checkpoint"] = checkpoint
     record["run_id"] = run.id

@@ -46,6 +46,15 @@ import numpy as np
 import torch
 
 from uld.config import ExperimentConfig, to_dict
+from uld.data.teacher_prompts import (
+    answer_separator,
+    encode_teacher_pair,
+    encode_teacher_prompt,
+    render_teacher_prompt,
+    select_teacher_shots,
+    teacher_prompt,
+)
+from uld.generation import GenerationOutput, greedy_generate, keep_first_line
 from uld.losses import TeacherSignal
 from uld.results import RunFolder, atomic_write_json, atomic_write_text
 
@@ -56,15 +65,12 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "TeacherStageError",
-    "first_line",
     "select_teacher_shots",
     "teacher_prompt",
     "render_teacher_prompt",
     "encode_teacher_prompt",
     "encode_teacher_pair",
     "answer_separator",
-    "GenerationOutput",
-    "generate_answers",
     "online_teacher_signal",
     "signal_rows",
     "run_teacher_stage",
@@ -88,207 +94,12 @@ class TeacherStageError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------------
-# Prompts
+# Generation backends and the teacher-forced signal pass
 # --------------------------------------------------------------------------------------------------
-
-
-def first_line(text: str) -> str:
-    """The first non-empty line of a generation, stripped (the paper keeps only the first line).
-
-    Leading whitespace/newlines are removed first, so a generation that opens with a line break is not
-    mistaken for an empty answer.
-    """
-    lines = text.strip().splitlines()
-    return lines[0].strip() if lines else ""
-
-
-def select_teacher_shots(ex: "Example", pool: Sequence["Example"], k: int, seed: int) -> list["Example"]:
-    """``k`` few-shot examples for ``ex`` drawn from ``pool`` with a fixed seed, never ``ex`` itself.
-
-    Every item sees the same shots (one shared prompt prefix), except an item that is one of them: it
-    gets the next candidate of the same seeded order instead (``uld.data.select_shots``).
-    """
-    from uld.data import select_shots
-
-    if not isinstance(pool, list):
-        pool = list(pool)
-    return select_shots(pool, k, seed, exclude=(ex.id,))
-
-
-def render_teacher_prompt(task, ex: "Example", shots: Sequence["Example"], entry, tokenizer, *, title: bool) -> str:
-    """Teacher prompt text for ``ex`` with the given shots: the task's messages through the chat template.
-
-    ``entry`` is the teacher's registry entry: ``system_role`` (False: the system prompt is folded into
-    the first user turn) and ``chat_template`` (None: the tokenizer's own; else a named template such as
-    ``"plain"``). A tokenizer with no template and no configured one makes ``render_chat`` raise.
-    """
-    from uld.data import render_chat
-
-    messages = task.teacher_messages(ex, list(shots), title=title)
-    return render_chat(tokenizer, messages, system_role=entry.system_role, template=entry.chat_template)
-
-
-def teacher_prompt(task, ex: "Example", pool: Sequence["Example"], entry, tokenizer, shots: int, title: bool, seed: int) -> str:
-    """The one function that builds teacher prompts (answer generation here, teacher evaluation too).
-
-    ``shots`` is the few-shot count (``uld.models.shots_for``), ``title`` whether passage titles are
-    shown (``uld.models.title_for``), ``seed`` the shot-selection seed (``data.split_seed``).
-    """
-    chosen = select_teacher_shots(ex, pool, shots, seed)
-    return render_teacher_prompt(task, ex, chosen, entry, tokenizer, title=title)
-
-
-# --------------------------------------------------------------------------------------------------
-# Generation (HF backend)
-# --------------------------------------------------------------------------------------------------
-
-
-def _has_special_prefix(tokenizer, text: str) -> bool:
-    """Whether rendered prompt text already opens with the tokenizer's BOS (chat templates that write it)."""
-    bos = getattr(tokenizer, "bos_token", None)
-    return bool(bos) and text.startswith(bos)
-
-
-def encode_teacher_prompt(tokenizer, text: str) -> list[int]:
-    """Token ids of a rendered teacher prompt, as generation feeds them to the teacher.
-
-    Templates that write the BOS as text (Llama-2, Mistral) are tokenized without adding special
-    tokens; the others (``plain``, templates without BOS) get the tokenizer's leading special tokens,
-    as a base model saw during pre-training. Identical to the prompt part of :func:`encode_teacher_pair`.
-    """
-    from uld.data import encode_prompt
-
-    return encode_prompt(tokenizer, text, add_special_tokens=not _has_special_prefix(tokenizer, text))
-
-
-def answer_separator(prompt: str) -> str:
-    """Text between a teacher prompt and its answer when teacher-forcing: ``" "`` unless the prompt
-    already ends in whitespace (ChatML-style templates end their generation prompt with a newline)."""
-    return "" if prompt[-1:].isspace() else " "
-
-
-def encode_teacher_pair(tokenizer, prompt: str, answer: str, *, max_length: Optional[int] = None, add_eos: bool = True):
-    """``uld.data.encode_pair`` for a rendered teacher prompt and a kept teacher answer.
-
-    The one tokenization of the teacher side: the teacher stage caches the signal of these tokens, and
-    an online teacher must use the same function for its logits to line up with the cache. Raises
-    ``uld.data.PromptTooLong`` when the pair exceeds ``max_length`` (no context is ever shortened).
-    """
-    from uld.data import encode_pair
-
-    return encode_pair(
-        tokenizer, prompt, answer, encoder_decoder=False, max_length=max_length, add_eos=add_eos,
-        sep=answer_separator(prompt), add_special_tokens=not _has_special_prefix(tokenizer, prompt),
-    )
 
 
 def _as_list(x) -> list[int]:
     return x.tolist() if hasattr(x, "tolist") else list(x)
-
-
-class _FirstLineStop:
-    """Per-row stopping rule: stop once the row's text has a line break after some content.
-
-    Greedy tokens before that break do not depend on when decoding stops, so the kept first line is the
-    same as with the full ``max_new_tokens``; it only saves compute.
-    """
-
-    def __init__(self, tokenizer, prompt_len: int):
-        self.tokenizer = tokenizer
-        self.prompt_len = prompt_len
-
-    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
-        new = input_ids[:, self.prompt_len :]
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        done = [any(c in t.lstrip() for c in "\n\r") for t in texts]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-@dataclass
-class GenerationOutput:
-    """Greedy generations, in the order of the prompts given."""
-
-    texts: list[str]  # decoded new tokens (special tokens removed), before first-line cutting
-    answers: list[str]  # first line, stripped (== texts stripped when first_line=False)
-    n_tokens: list[int]  # new tokens each row generated (up to and including EOS, no padding)
-    seconds: float
-
-
-def _count_new_tokens(row: list[int], eos_ids: set[int], pad_id: Optional[int]) -> int:
-    for i, t in enumerate(row):
-        if t in eos_ids:
-            return i + 1
-    n = len(row)
-    while n and row[n - 1] == pad_id:
-        n -= 1
-    return n
-
-
-@torch.no_grad()
-def generate_answers(
-    model,
-    tokenizer,
-    prompt_ids: Sequence[Sequence[int]],
-    *,
-    max_new_tokens: int,
-    batch_size: int,
-    first_line_only: bool = True,
-    progress: Optional[Callable[[int, int], None]] = None,
-) -> GenerationOutput:
-    """Batched greedy decoding of already-tokenized prompts.
-
-    Prompts are sorted by length (little padding), left-padded (so every row's next token sits at the
-    last position), decoded greedily, and returned in the original order. ``progress(n_rows, n_tokens)``
-    is called after each batch.
-    """
-    from transformers import StoppingCriteriaList
-
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
-    if tokenizer.eos_token_id is not None:
-        eos_ids.add(tokenizer.eos_token_id)
-
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-    texts: list[str] = [""] * len(prompt_ids)
-    n_tokens = [0] * len(prompt_ids)
-    start = time.perf_counter()
-    for b in range(0, len(order), batch_size):
-        idx = order[b : b + batch_size]
-        width = max(len(prompt_ids[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            p = prompt_ids[i]
-            ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[r, width - len(p) :] = 1
-        stops = StoppingCriteriaList([_FirstLineStop(tokenizer, width)]) if first_line_only else None
-        out = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            do_sample=False,
-            num_beams=1,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=pad_id,
-            stopping_criteria=stops,
-            # the model's own generation_config may ask for sampling/temperature: greedy means greedy
-            temperature=None,
-            top_p=None,
-            top_k=None,
-        )
-        new = out[:, width:].cpu().tolist()
-        batch_tokens = 0
-        for r, i in enumerate(idx):
-            n = _count_new_tokens(new[r], eos_ids, pad_id)
-            n_tokens[i] = n
-            batch_tokens += n
-            texts[i] = tokenizer.decode(new[r][:n], skip_special_tokens=True)
-        if progress is not None:
-            progress(len(idx), batch_tokens)
-    seconds = time.perf_counter() - start
-    answers = [first_line(t) if first_line_only else t.strip() for t in texts]
-    return GenerationOutput(texts, answers, n_tokens, seconds)
 
 
 def _generate_vllm(resolved, prompts: list[str], *, max_new_tokens: int, first_line_only: bool) -> GenerationOutput:
@@ -310,7 +121,7 @@ def _generate_vllm(resolved, prompts: list[str], *, max_new_tokens: int, first_l
     texts = [o.outputs[0].text for o in outs]
     n_tokens = [len(o.outputs[0].token_ids) for o in outs]
     del llm
-    answers = [first_line(t) if first_line_only else t.strip() for t in texts]
+    answers = [keep_first_line(t) if first_line_only else t.strip() for t in texts]
     return GenerationOutput(texts, answers, n_tokens, seconds)
 
 
@@ -616,9 +427,9 @@ def _process_chunk(teacher: _Teacher, plan: _Plan, index: int, pool: list, progr
         progress(len(todo), sum(out.n_tokens))
         model = teacher.model
     else:
-        out = generate_answers(model, teacher.tokenizer, [prompt_ids[i] for i in todo],
-                               max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size,
-                               first_line_only=gen.first_line, progress=progress)
+        out = greedy_generate(model, teacher.tokenizer, [prompt_ids[i] for i in todo],
+                              max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size,
+                              first_line=gen.first_line, progress=progress)
 
     status = [TOO_LONG] * len(rows)
     texts = [""] * len(rows)

@@ -119,13 +119,6 @@ def _copy(full_run, dest: Path):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_first_line_keeps_the_first_non_empty_line():
-    assert T.first_line("  Paris \nThe capital") == "Paris"
-    assert T.first_line("\n\n Denver Broncos\n") == "Denver Broncos"
-    assert T.first_line(" \n \t") == ""
-    assert T.first_line("a\r\nb") == "a"
-
-
 def test_shots_are_seeded_and_never_the_item():
     pool = [Example(id=f"r{i}", context=f"c{i}", question="q", answers=("a",)) for i in range(20)]
     shots = {ex.id: [s.id for s in T.select_teacher_shots(ex, pool, 3, seed=7)] for ex in pool}
@@ -296,14 +289,14 @@ def test_teacher_without_chat_template(tmp_path, data_dir, registry):
 
 
 def test_empty_generations_are_dropped_and_counted(tmp_path, tiny_models, data_dir, registry, monkeypatch):
-    real = T.generate_answers
+    real = T.greedy_generate
 
     def some_empty(model, tokenizer, prompt_ids, **kw):
         out = real(model, tokenizer, prompt_ids, **kw)
         out.answers = ["" if i % 3 == 0 else a for i, a in enumerate(out.answers)]
         return out
 
-    monkeypatch.setattr(T, "generate_answers", some_empty)
+    monkeypatch.setattr(T, "greedy_generate", some_empty)
     folder = T.run_teacher_stage(_cfg(tmp_path / "empty", tiny_models["teacher"], data_dir))
     stats = json.loads((folder / "stats.json").read_text())
     answers = pd.read_parquet(folder / "answers.parquet")

@@ -30,6 +30,14 @@ from uld.data.base import (
 )
 from uld.data.prompts import CHAT_TEMPLATES, SYSTEM_PROMPTS, ChatTemplateError, chat_prompt_ids, render_chat
 from uld.data.tokenize import Encoded, PromptTooLong, collate, encode_pair, encode_prompt
+from uld.data.teacher_prompts import (
+    answer_separator,
+    encode_teacher_pair,
+    encode_teacher_prompt,
+    render_teacher_prompt,
+    select_teacher_shots,
+    teacher_prompt,
+)
 
 # Task modules register themselves on import (one line per task).
 from uld.data import squad, qed, fairytaleqa, pubmedqa, dialogsum  # noqa: E402,F401  isort: skip
@@ -58,4 +66,10 @@ __all__ = [
     "encode_pair",
     "encode_prompt",
     "collate",
+    "select_teacher_shots",
+    "render_teacher_prompt",
+    "teacher_prompt",
+    "encode_teacher_prompt",
+    "encode_teacher_pair",
+    "answer_separator",
 ]
