@@ -122,6 +122,7 @@ __all__ = [
 
 LR_PRESETS = {"paper": 1e-6, "authors-jobs": 2e-6}
 DISTILL_METHODS = ("uld", "kd-kl", "uld-ot")
+DISTILL_LOG_KEY = {"uld": "uld", "uld-ot": "uld", "kd-kl": "kl"}
 STATE_FILE = "trainer.json"
 
 
@@ -1014,7 +1015,8 @@ def train(
                     "split": "train",
                     "loss": loss_m / n_m,
                     "ce": ce_m / n_m,
-                    "distill": dist_m / n_m if tcfg.method in DISTILL_METHODS else None,
+                    # the distillation term under its loss's name: "uld" (uld, uld-ot) or "kl" (kd-kl)
+                    DISTILL_LOG_KEY.get(tcfg.method, "uld"): dist_m / n_m if tcfg.method in DISTILL_METHODS else None,
                     "lr": lr_used,
                     "grad_norm": grad_norm,
                     "tokens_per_s": tok / elapsed if elapsed > 0 else None,

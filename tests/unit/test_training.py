@@ -375,8 +375,8 @@ def test_full_run_writes_metrics_checkpoints_and_summary(world, tmp_path):
     val_recs = [r for r in recs if r["split"] == "val"]
     assert [r["step"] for r in train_recs] == [1, 2, 3, 4] and [r["step"] for r in val_recs] == [1, 2, 3, 4]
     for r in train_recs:
-        assert math.isfinite(r["loss"]) and r["distill"] is not None and r["tokens_per_s"] > 0
-        assert r["loss"] == pytest.approx(r["ce"] + cfg.training.lam * r["distill"], rel=1e-4)
+        assert math.isfinite(r["loss"]) and r["uld"] is not None and r["tokens_per_s"] > 0
+        assert r["loss"] == pytest.approx(r["ce"] + cfg.training.lam * r["uld"], rel=1e-4)
     assert train_recs[0]["lr"] == pytest.approx(cfg.training.lr / 2) and train_recs[-1]["lr"] == pytest.approx(cfg.training.lr / 10)
     best = min(val_recs, key=lambda r: (r["loss"], r["step"]))
     assert summary["best_step"] == best["step"] and summary["best_val_loss"] == pytest.approx(best["loss"])
