@@ -20,19 +20,7 @@ TABLE = "main"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = reporting.parse_table_args(TABLE, argv, __doc__.splitlines()[0])
-    plan = reporting.plan_table(TABLE, preset=args.preset, store_root=args.store)
-    print(plan.summary())
-    if not args.report_only:
-        launched = reporting.launch_missing(plan, force=args.force)
-        print(f"launched {len(launched.launched)} runs; {len(launched.failed)} failed")
-        for run_id, error in launched.failed:
-            print(f"  FAILED {run_id}: {error}")
-    table = reporting.collect_table(plan)
-    out_dir = args.out or f"{args.store}/tables"
-    for path in reporting.write_table(table, out_dir, store_root=plan.store_root).values():
-        print(f"wrote {path}")
-    return 0 if args.report_only or not launched.failed else 1
+    return reporting.table_script(TABLE, argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -754,6 +754,22 @@ def parse_table_args(name: str, argv: Sequence[str] | None = None, description: 
     return args
 
 
+def table_script(name: str, argv: Sequence[str] | None = None, description: str | None = None) -> int:
+    """Body of every ``paper_tables/table_*.py`` (and ``uld table``): parse, build, report. Exit code."""
+    args = parse_table_args(name, argv, description)
+    built = build_table(
+        name, report_only=args.report_only, preset=args.preset, store_root=args.store, force=args.force, out_dir=args.out
+    )
+    print(built.plan.summary())
+    if built.launch is not None:
+        print(f"launched {len(built.launch.launched)} runs; {len(built.launch.failed)} failed")
+        for run_id, error in built.launch.failed:
+            print(f"  FAILED {run_id}: {error}")
+    for path in built.paths.values():
+        print(f"wrote {path}")
+    return 0 if built.ok else 1
+
+
 # --------------------------------------------------------------------------------------------------
 # Frames for the analysis notebooks (they only read the store)
 # --------------------------------------------------------------------------------------------------
