@@ -184,6 +184,25 @@ else:
             ),
         ],
     ),
+    "micro": notebook(
+        "Micro-replication: ULD against λ=0 on real small models",
+        "Gemma-3-270M teaching SmolLM2-135M-Instruct on 200 SQuAD items, 3 seeds per trained setting "
+        "(`experiments/micro/`, `paper_tables/table_micro.py`). Left: every setting on the full slice, mean ± std "
+        "over seeds with each seed as a dot; right: λ=0 and ULD on 25/50/100% of the slice. The interval is a "
+        "paired bootstrap of ULD − λ=0 over the evaluation questions, seeds averaged per question.",
+        [
+            (
+                "code",
+                '''\
+plan = reporting.plan_table("micro", store_root=STORE)
+print(plan.summary())
+micro = reporting.collect_micro(plan)
+micro.runs''',
+            ),
+            ("code", "print(reporting.render_micro_markdown(micro, store_root=STORE))"),
+            ("code", 'finish(reporting.micro_figure(micro, metric="f1"), "micro")'),
+        ],
+    ),
     "paper_vs_ours": notebook(
         "Ours against the authors', cell by cell",
         "Every table cell where both numbers exist: our score against the authors' (`uld.reporting.paired`). "

@@ -75,6 +75,18 @@ __all__ = [
     "MISSING",
     "METRIC_LABELS",
     "STUDENT_PARAMS",
+    "SeedSummary",
+    "seed_summary",
+    "BootstrapCI",
+    "paired_bootstrap_ci",
+    "question_scores",
+    "paired_contrast",
+    "MicroTable",
+    "collect_micro",
+    "render_micro_markdown",
+    "render_micro_latex",
+    "write_micro",
+    "micro_figure",
 ]
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -168,6 +180,8 @@ class TableSpec:
     layout: str  # "blocks": teacher block with few-shot / λ=0 / ULD rows; "sorted": one row per key
     label_columns: tuple[str, ...]  # shown before the metric columns
     caption: str = ""
+    # a study with a single grid: this glob under experiments/<study>/ declares it for every preset
+    grid_files: Optional[str] = None
 
 
 TABLES: dict[str, TableSpec] = {
@@ -216,6 +230,16 @@ TABLES: dict[str, TableSpec] = {
             label_columns=("task", "teacher", "student", "setting", "ot_cost"),
             caption="Not in the paper: the authors' column has numbers for the closed-form ULD only.",
         ),
+        TableSpec(
+            name="micro",
+            title="Micro-replication: Gemma-3-270M → SmolLM2-135M-Instruct on SQuAD (CPU)",
+            study="micro",
+            metrics=("f1", "em", "rougeL"),
+            layout="micro",  # built by collect_micro / write_micro (seed statistics, paired bootstrap)
+            label_columns=("setting",),
+            caption="Real pretrained models with different tokenizers; not comparable to the paper's 7B-teacher numbers.",
+            grid_files="micro_*.yaml",
+        ),
     )
 }
 
@@ -234,12 +258,13 @@ def get_table(name: str | TableSpec) -> TableSpec:
 
 
 def experiment_files(spec: TableSpec | str, preset: str = "paper", experiments_dir: str | os.PathLike | None = None) -> list[Path]:
-    """The YAMLs declaring a table's grid: ``experiments/<study>/<preset>_*.yaml`` (sorted)."""
+    """The YAMLs declaring a table's grid: ``experiments/<study>/<preset>_*.yaml`` (sorted), or the
+    spec's ``grid_files`` glob for a study with one grid."""
     spec = get_table(spec)
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
     folder = Path(experiments_dir or EXPERIMENTS_DIR) / spec.study
-    files = sorted(folder.glob(f"{preset}_*.yaml"))
+    files = sorted(folder.glob(spec.grid_files or f"{preset}_*.yaml"))
     if not files:
         raise FileNotFoundError(f"no {preset}_*.yaml in {folder}: table {spec.name!r} has no {preset} grid")
     return files
@@ -694,7 +719,7 @@ def write_table(table: Table, out_dir: str | os.PathLike, *, store_root: Path | 
 class BuiltTable:
     """What :func:`build_table` did: the table, where it was written, and what ran."""
 
-    table: Table
+    table: "Table | MicroTable"
     paths: dict[str, Path]
     plan: TablePlan
     launch: Optional[LaunchReport] = None
@@ -728,8 +753,12 @@ def build_table(
         raise ValueError("--force re-runs the grid; it cannot be combined with --report-only")
     plan = plan_table(name, preset=preset, store_root=store_root)
     launch = None if report_only else launch_missing(plan, force=force, runner=runner)
+    out = Path(out_dir) if out_dir is not None else Path(store_root) / "tables"
+    if plan.spec.layout == "micro":  # own statistics, no authors' column
+        table = collect_micro(plan)
+        return BuiltTable(table=table, paths=write_micro(table, out, store_root=Path(store_root)), plan=plan, launch=launch)
     table = collect_table(plan, reference=reference)
-    paths = write_table(table, Path(out_dir) if out_dir is not None else Path(store_root) / "tables", store_root=Path(store_root))
+    paths = write_table(table, out, store_root=Path(store_root))
     return BuiltTable(table=table, paths=paths, plan=plan, launch=launch)
 
 
@@ -907,3 +936,454 @@ def curves_frame(logs: Any, settings: Sequence[str] = ("lambda0", "uld")) -> Any
     long["pair"] = _pair_label(long)
     long["panel"] = long["task"] + "\n" + long["pair"]
     return long.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Micro-replication table (experiments/micro/): seeds, paired bootstrap, figure
+# --------------------------------------------------------------------------------------------------
+
+MICRO_SETTINGS = ("teacher", "student-few-shot", "sft-gold", "lambda0", "uld")
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+_MICRO_STEM = "table_micro"  # one grid for every preset, so one file name
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    """One number over the runs of a cell (seeds): mean, sample standard deviation (ddof=1), count.
+
+    ``std`` is None below two runs (one seed says nothing about seed variance); ``mean`` is None for none.
+    """
+
+    mean: Optional[float]
+    std: Optional[float]
+    n: int
+
+    def format(self) -> str:
+        if self.mean is None:
+            return MISSING
+        if self.std is None:
+            return f"{self.mean:.2f}"
+        return f"{self.mean:.2f} ± {self.std:.2f}"
+
+
+def seed_summary(values: Iterable[float]) -> SeedSummary:
+    """Mean ± sample std of ``values`` (one per seed). NaN is an error: a run without the number should be
+    left out by the caller, not averaged in."""
+    vals = [float(v) for v in values]
+    if any(math.isnan(v) for v in vals):
+        raise ValueError(f"NaN among the seed values {vals}")
+    n = len(vals)
+    if n == 0:
+        return SeedSummary(None, None, 0)
+    mean = math.fsum(vals) / n
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else None
+    return SeedSummary(mean, std, n)
+
+
+@dataclass(frozen=True)
+class BootstrapCI:
+    """Paired bootstrap interval of ``mean(a - b)`` over ``n_items`` shared evaluation items."""
+
+    diff: float  # the observed mean difference
+    low: float
+    high: float
+    n_items: int
+    resamples: int
+    seed: int
+    level: float = 0.95
+
+
+def paired_bootstrap_ci(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = 0.95,
+) -> BootstrapCI:
+    """Percentile bootstrap interval of the mean difference of two systems scored on the same items.
+
+    ``a``, ``b``: ``[n]`` per-item scores, position i of both being the same question. Resampling the
+    differences ``a_i - b_i`` (not the two systems separately) keeps the pairing: how hard a question
+    is cancels out, and only where the systems disagree is resampled.
+
+    Each resample draws ``n`` item indices with replacement from ``numpy.random.default_rng(seed)``;
+    the draws are taken in ``[resamples, n]`` row-major order, so the result does not depend on the
+    memory-bounding chunk size below. The interval is the ``(1 - level) / 2`` and ``(1 + level) / 2``
+    quantiles (linear interpolation) of the ``resamples`` resampled means.
+    """
+    import numpy as np
+
+    a_arr = np.asarray(a, dtype=np.float64)
+    b_arr = np.asarray(b, dtype=np.float64)
+    if a_arr.ndim != 1 or a_arr.shape != b_arr.shape:
+        raise ValueError(f"a and b must be 1-d and of equal length, got shapes {a_arr.shape} and {b_arr.shape}")
+    n = a_arr.shape[0]
+    if n == 0:
+        raise ValueError("no items to resample")
+    if not (np.isfinite(a_arr).all() and np.isfinite(b_arr).all()):
+        raise ValueError("per-item scores must be finite")
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    d = a_arr - b_arr
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    chunk = max(1, 2_000_000 // n)  # at most ~16 MB of indices at a time
+    for start in range(0, resamples, chunk):
+        m = min(chunk, resamples - start)
+        means[start : start + m] = d[rng.integers(0, n, size=(m, n))].mean(axis=1)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return BootstrapCI(
+        diff=float(d.mean()), low=float(low), high=float(high), n_items=n, resamples=resamples, seed=seed, level=level
+    )
+
+
+def question_scores(run: RunFolder | str | os.PathLike, metric: str = "f1") -> dict[str, float]:
+    """Per-question scores (x100) of one evaluated run, from its ``eval/predictions.jsonl``: id -> score.
+
+    Rows carry the per-example metrics in [0, 1] (:func:`uld.evaluation.score_predictions`). A missing
+    file raises FileNotFoundError; a row without an id or the metric, a repeated id, or a row count that
+    disagrees with ``scores.json``'s ``n`` raise :class:`uld.results.ResultsError` naming file and row.
+    """
+    from uld.results import ResultsError, read_json, read_jsonl
+
+    run = run if isinstance(run, RunFolder) else RunFolder(run)
+    path = run.file("eval", "predictions.jsonl")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no per-question predictions in run {run.id}")
+    out: dict[str, float] = {}
+    for i, row in enumerate(read_jsonl(path), 1):
+        qid = row.get("id") if isinstance(row, dict) else None
+        if qid is None or str(qid) == "":
+            raise ResultsError(f"{path}: row {i} has no 'id'")
+        value = row.get(metric)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise ResultsError(f"{path}: row {i} (id {qid}): '{metric}' must be a number, got {value!r}")
+        if str(qid) in out:
+            raise ResultsError(f"{path}: row {i}: id {qid} appears twice")
+        out[str(qid)] = 100.0 * float(value)
+    if run.exists(RunFolder.FINAL):
+        n = read_json(run.file(RunFolder.FINAL)).get("n")
+        if isinstance(n, int) and n != len(out):
+            raise ResultsError(f"{path}: {len(out)} rows, but {run.file(RunFolder.FINAL)} says n = {n}")
+    return out
+
+
+def _seed_mean_per_question(runs: Sequence[RunFolder], metric: str) -> dict[str, float]:
+    """Per-question score averaged over the runs of one cell; every run must cover the same questions."""
+    from uld.results import ResultsError
+
+    per_run = [question_scores(r, metric) for r in runs]
+    ids = set(per_run[0])
+    for run, scores in zip(runs[1:], per_run[1:]):
+        if set(scores) != ids:
+            raise ResultsError(
+                f"runs {runs[0].id} and {run.id} scored different questions "
+                f"({len(ids ^ set(scores))} ids differ): a paired comparison needs the same evaluation set"
+            )
+    return {q: math.fsum(s[q] for s in per_run) / len(per_run) for q in sorted(ids)}
+
+
+def paired_contrast(
+    runs_a: Sequence[RunFolder],
+    runs_b: Sequence[RunFolder],
+    *,
+    metric: str = "f1",
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = 0.95,
+) -> BootstrapCI:
+    """Cell a minus cell b (e.g. ULD minus λ=0) on the questions both were evaluated on.
+
+    Each cell is a list of runs (its seeds); a question's score in a cell is the mean over the cell's
+    seeds, then the two cells are paired by question id and :func:`paired_bootstrap_ci` resamples the
+    questions. Both cells must cover the same questions (else :class:`uld.results.ResultsError`).
+    """
+    from uld.results import ResultsError
+
+    if not runs_a or not runs_b:
+        raise ValueError("both cells need at least one run")
+    qa = _seed_mean_per_question(runs_a, metric)
+    qb = _seed_mean_per_question(runs_b, metric)
+    if set(qa) != set(qb):
+        raise ResultsError(
+            f"cells of {runs_a[0].id} and {runs_b[0].id} scored different questions "
+            f"({len(set(qa) ^ set(qb))} ids differ)"
+        )
+    ids = sorted(qa)
+    return paired_bootstrap_ci([qa[q] for q in ids], [qb[q] for q in ids], resamples=resamples, seed=seed, level=level)
+
+
+@dataclass
+class MicroTable:
+    """The micro-replication table: per-setting seed statistics, the paired ULD − λ=0 contrast, and
+    the training-fraction rows. ``runs`` is the long per-run frame the figure draws from."""
+
+    spec: TableSpec
+    preset: str
+    runs: Any  # DataFrame: run_id, setting, model, train_fraction, seed, metric, value
+    rows: list[dict[str, Any]]  # setting, label, model, run_ids, summaries {metric: SeedSummary}
+    contrast: Optional[BootstrapCI]
+    fractions: list[dict[str, Any]]  # train_fraction, lambda0 / uld: SeedSummary of F1, contrast, run ids
+    cells: Any  # DataFrame written to table_micro.cells.csv
+    notes: list[str] = field(default_factory=list)
+    n_points: int = 0
+    n_complete: int = 0
+    train_size: Optional[int] = None
+    test_size: Optional[int] = None
+    val_fraction: Optional[float] = None
+
+
+def _try_contrast(a: list[RunFolder], b: list[RunFolder], what: str, notes: list[str]) -> Optional[BootstrapCI]:
+    """The contrast, or None with a note saying why there is none yet (missing runs or predictions)."""
+    if not a or not b:
+        notes.append(f"{what}: no interval yet, a cell has no finished run")
+        return None
+    try:
+        return paired_contrast(a, b)
+    except FileNotFoundError as exc:
+        notes.append(f"{what}: no interval, {exc}")
+        return None
+
+
+def collect_micro(plan: TablePlan) -> MicroTable:
+    """Seed statistics and paired intervals for the micro study's plan (only the plan's own runs).
+
+    Renders from an empty or partial store: cells without runs are "–" and intervals without both
+    cells are left out with a note. Corrupt records raise, naming the file.
+    """
+    import pandas as pd
+
+    spec = plan.spec
+    metrics = list(spec.metrics)
+    done = [p for p in plan.points if p.complete]
+    by_id = {p.run.id: p for p in done}
+    scores = load_results(plan.store_root, source="ours")
+    scores = scores[scores["run_id"].isin(list(by_id)) & scores["metric"].isin(metrics)]
+    records = []
+    for rec in scores.itertuples(index=False):
+        p = by_id[rec.run_id]
+        info = p.info  # the declared point decides the cell
+        model = info["teacher"] if info["setting"] == "teacher" else info["student"]
+        records.append(
+            {"run_id": rec.run_id, "setting": info["setting"], "model": model,
+             "train_fraction": round(float(info["train_fraction"]), 4), "seed": info["seed"],
+             "metric": rec.metric, "value": float(rec.value)}
+        )
+    runs = pd.DataFrame.from_records(
+        records, columns=["run_id", "setting", "model", "train_fraction", "seed", "metric", "value"]
+    )
+
+    def cell_runs(setting: str, frac: float) -> list[RunFolder]:
+        return [p.run for p in done if p.info["setting"] == setting and round(float(p.info["train_fraction"]), 4) == frac]
+
+    def summary(setting: str, frac: float, metric: str) -> SeedSummary:
+        sel = runs[(runs["setting"] == setting) & (runs["train_fraction"] == frac) & (runs["metric"] == metric)]
+        return seed_summary(sel["value"].tolist())
+
+    def declared_model(setting: str) -> Optional[str]:
+        for p in plan.points:
+            if p.info["setting"] == setting:
+                return p.info["teacher"] if setting == "teacher" else p.info["student"]
+        return None
+
+    notes: list[str] = []
+    cells = []
+    rows = []
+    for setting in MICRO_SETTINGS:
+        summaries = {m: summary(setting, 1.0, m) for m in metrics}
+        ids = [r.id for r in cell_runs(setting, 1.0)]
+        rows.append({"setting": setting, "label": SETTING_LABELS.get(setting, setting), "model": declared_model(setting),
+                     "run_ids": ids, "summaries": summaries})
+        for m, s in summaries.items():
+            cells.append({"part": "main", "setting": setting, "train_fraction": 1.0, "metric": m, "mean": s.mean,
+                          "std": s.std, "n_runs": s.n, "ci_low": None, "ci_high": None, "n_items": None,
+                          "run_ids": " ".join(ids)})
+    contrast = _try_contrast(cell_runs("uld", 1.0), cell_runs("lambda0", 1.0), "ULD − λ=0 (100%)", notes)
+
+    fractions = []
+    fracs = sorted({round(float(p.info["train_fraction"]), 4) for p in plan.points if p.info["setting"] in ("lambda0", "uld")})
+    for frac in fracs:
+        lam0, uld = cell_runs("lambda0", frac), cell_runs("uld", frac)
+        ci = contrast if frac == 1.0 else _try_contrast(uld, lam0, f"ULD − λ=0 ({100 * frac:.0f}%)", notes)
+        row = {"train_fraction": frac, "lambda0": summary("lambda0", frac, "f1"), "uld": summary("uld", frac, "f1"),
+               "contrast": ci, "run_ids": {"lambda0": [r.id for r in lam0], "uld": [r.id for r in uld]}}
+        fractions.append(row)
+        for setting in ("lambda0", "uld"):
+            s = row[setting]
+            cells.append({"part": "fraction", "setting": setting, "train_fraction": frac, "metric": "f1", "mean": s.mean,
+                          "std": s.std, "n_runs": s.n, "ci_low": None, "ci_high": None, "n_items": None,
+                          "run_ids": " ".join(row["run_ids"][setting])})
+        cells.append({"part": "contrast", "setting": "uld-lambda0", "train_fraction": frac, "metric": "f1",
+                      "mean": ci.diff if ci else None, "std": None, "n_runs": None,
+                      "ci_low": ci.low if ci else None, "ci_high": ci.high if ci else None,
+                      "n_items": ci.n_items if ci else None,
+                      "run_ids": " ".join(row["run_ids"]["uld"] + row["run_ids"]["lambda0"])})
+
+    cells_frame = pd.DataFrame.from_records(cells)
+    for col in ("n_runs", "n_items"):  # counts stay integers in the CSV, blanks where there is none
+        cells_frame[col] = cells_frame[col].astype("Int64")
+    first = plan.points[0].cfg if plan.points else None
+    return MicroTable(
+        spec=spec,
+        preset=plan.preset,
+        runs=runs,
+        rows=rows,
+        contrast=contrast,
+        fractions=fractions,
+        cells=cells_frame,
+        notes=notes,
+        n_points=len(plan.points),
+        n_complete=len(done),
+        train_size=first.data.train_size if first is not None else None,
+        test_size=first.data.test_size if first is not None else None,
+        val_fraction=first.data.val_fraction if first is not None else None,
+    )
+
+
+def _contrast_text(ci: Optional[BootstrapCI], what: str = "ULD − λ=0") -> str:
+    if ci is None:
+        return f"{what}: {MISSING} (no paired interval yet)"
+    return (
+        f"{what}: {ci.diff:+.2f} F1, {100 * ci.level:g}% CI [{ci.low:.2f}, {ci.high:.2f}] "
+        f"(paired bootstrap over the {ci.n_items} questions, seeds averaged per question, "
+        f"{ci.resamples:,} resamples, seed {ci.seed})"
+    )
+
+
+def _ci_cell(ci: Optional[BootstrapCI]) -> tuple[str, str]:
+    if ci is None:
+        return MISSING, MISSING
+    return f"{ci.diff:+.2f}", f"[{ci.low:.2f}, {ci.high:.2f}]"
+
+
+def _micro_grids(table: MicroTable) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+    """(main header, main rows, fraction header, fraction rows) as plain text, shared by both renderers."""
+    metrics = table.spec.metrics
+    head = ["Setting", "Model", "n"] + [METRIC_LABELS.get(m, m) for m in metrics]
+    body = []
+    for row in table.rows:
+        n = max(s.n for s in row["summaries"].values())
+        body.append([row["label"], row["model"] or MISSING, str(n)] + [row["summaries"][m].format() for m in metrics])
+    fhead = ["Fraction", "n (λ=0 / ULD)", "λ=0 F1", "ULD F1", "ULD − λ=0", "95% CI"]
+    fbody = []
+    for row in table.fractions:
+        diff, ci = _ci_cell(row["contrast"])
+        fbody.append([_label("train_fraction", row["train_fraction"]), f"{row['lambda0'].n} / {row['uld'].n}",
+                      row["lambda0"].format(), row["uld"].format(), diff, ci])
+    return head, body, fhead, fbody
+
+
+def _micro_preamble(table: MicroTable, store_root: Path | None) -> list[str]:
+    lines = []
+    info = store_info(store_root) if store_root is not None else {}
+    if info.get("fixture"):
+        lines.append(f"**FIXTURE DATA**: {info.get('note', 'fake numbers for tests; not results')}.")
+    size = ""
+    if table.train_size is not None or table.test_size is not None:
+        held = f" ({100 * table.val_fraction:g}% held out for checkpoint selection)" if table.val_fraction else ""
+        size = (f"SQuAD: the first {table.train_size or 'all'} training-pool items{held}, "
+                f"evaluated on the first {table.test_size or 'all'} dev questions. ")
+    lines.append(
+        f"{table.n_complete} of {table.n_points} grid points have results. {size}"
+        f"Scores ×100; mean ± sample std over seeds, n = runs (seeds) averaged; {MISSING} = no number."
+    )
+    if table.spec.caption:
+        lines.append(table.spec.caption)
+    return lines
+
+
+def render_micro_markdown(table: MicroTable, *, store_root: Path | None = None) -> str:
+    head, body, fhead, fbody = _micro_grids(table)
+    lines = [f"# {table.spec.title}", "", *_micro_preamble(table, store_root), ""]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "|".join([":--", ":--"] + ["--:"] * (len(head) - 2)) + "|")
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    lines += ["", _contrast_text(table.contrast), "", "## Training-set fraction: λ=0 against ULD (F1)", ""]
+    lines.append("| " + " | ".join(fhead) + " |")
+    lines.append("|" + "|".join([":--"] + ["--:"] * (len(fhead) - 1)) + "|")
+    lines += ["| " + " | ".join(r) + " |" for r in fbody]
+    lines += ["", f"Intervals: paired bootstrap over the evaluation questions, seeds averaged per question, "
+                  f"{BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}."]
+    if table.notes:
+        lines += [""] + [f"- {n}" for n in table.notes]
+    lines += ["", f"Run ids of every cell: `{_MICRO_STEM}.cells.csv`."]
+    return "\n".join(lines) + "\n"
+
+
+def _tex_pm(text: str) -> str:
+    return _tex(text).replace("±", r"$\pm$").replace("→", r"$\rightarrow$").replace("×", r"$\times$")
+
+
+def render_micro_latex(table: MicroTable) -> str:
+    """A booktabs ``table``: the settings, the paired contrast under them, then the fraction rows."""
+    head, body, fhead, fbody = _micro_grids(table)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{ll{'r' * (len(head) - 2)}}}",
+             r"\toprule", " & ".join(_tex_pm(h) for h in head) + r" \\", r"\midrule"]
+    lines += [" & ".join(_tex_pm(c) for c in r) + r" \\" for r in body]
+    lines += [r"\bottomrule", r"\end{tabular}", "", r"\smallskip", _tex_pm(_contrast_text(table.contrast)), "",
+              r"\smallskip", rf"\begin{{tabular}}{{l{'r' * (len(fhead) - 1)}}}", r"\toprule",
+              " & ".join(_tex_pm(h) for h in fhead) + r" \\", r"\midrule"]
+    lines += [" & ".join(_tex_pm(c) for c in r) + r" \\" for r in fbody]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    caption = (f"{table.spec.title}. {table.n_complete}/{table.n_points} grid points with results. Scores ×100, "
+               f"mean ± std over seeds; – = no number. {table.spec.caption}")
+    lines += [rf"\caption{{{_tex_pm(caption)}}}", r"\label{tab:micro}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_micro(table: MicroTable, out_dir: str | os.PathLike, *, store_root: Path | None = None) -> dict[str, Path]:
+    """Write ``table_micro.md``, ``.tex`` and ``.cells.csv`` atomically; returns their paths."""
+    out_dir = Path(out_dir)
+    return {
+        "md": atomic_write_text(out_dir / f"{_MICRO_STEM}.md", render_micro_markdown(table, store_root=store_root)),
+        "tex": atomic_write_text(out_dir / f"{_MICRO_STEM}.tex", render_micro_latex(table)),
+        "csv": atomic_write_text(out_dir / f"{_MICRO_STEM}.cells.csv", table.cells.to_csv(index=False)),
+    }
+
+
+def micro_figure(table: MicroTable, metric: str = "f1") -> Any:
+    """Two panels: (a) ``metric`` per setting on the full slice, mean ± std over seeds with each seed as
+    a dot; (b) λ=0 and ULD against the training fraction. Empty cells are simply absent."""
+    import matplotlib.pyplot as plt
+
+    runs = table.runs[table.runs["metric"] == metric]
+    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(9, 3.4), gridspec_kw={"width_ratios": [1.3, 1]})
+    label = METRIC_LABELS.get(metric, metric)
+    colors = {"lambda0": "tab:blue", "uld": "tab:orange"}
+
+    names = [r["label"] for r in table.rows]
+    for x, row in enumerate(table.rows):
+        s = seed_summary(runs[(runs["setting"] == row["setting"]) & (runs["train_fraction"] == 1.0)]["value"])
+        if s.mean is None:
+            continue
+        color = colors.get(row["setting"], "tab:gray")
+        ax_a.bar(x, s.mean, yerr=s.std or 0.0, color=color, alpha=0.6, capsize=4)
+        vals = runs[(runs["setting"] == row["setting"]) & (runs["train_fraction"] == 1.0)]["value"]
+        ax_a.scatter([x] * len(vals), vals, color="black", s=12, zorder=3)
+    ax_a.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax_a.set_ylabel(label)
+    ax_a.set_title("(a) full training slice" + ("" if not runs.empty else ": no runs yet"))
+    if table.contrast is not None:
+        ax_a.text(0.02, 0.97, _contrast_text(table.contrast).split(" (")[0], transform=ax_a.transAxes, va="top", fontsize=8)
+
+    for setting in ("lambda0", "uld"):
+        pts = [(r["train_fraction"], r[setting]) for r in table.fractions if r[setting].mean is not None]
+        if not pts:
+            continue
+        xs = [100 * f for f, _ in pts]
+        ax_b.errorbar(xs, [s.mean for _, s in pts], yerr=[s.std or 0.0 for _, s in pts], marker="o", capsize=4,
+                      color=colors[setting], label=SETTING_LABELS[setting])
+        sub = runs[runs["setting"] == setting]
+        ax_b.scatter(100 * sub["train_fraction"], sub["value"], color=colors[setting], s=10, alpha=0.5)
+    ax_b.set_xlabel("% of the training slice")
+    ax_b.set_ylabel(label)
+    ax_b.set_xticks([100 * r["train_fraction"] for r in table.fractions])
+    ax_b.set_title("(b) training-set fraction")
+    if ax_b.get_legend_handles_labels()[0]:
+        ax_b.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
