@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="build a paper table (runs what is missing)",
                        description="Build one paper table: declares its grid, runs missing runs (unless "
                        "--report-only), writes markdown and LaTeX with the authors' numbers beside ours.")
-    p.add_argument("name", help="main, student_size, data_fraction, encoder_decoder, cost_ablation")
+    p.add_argument("name", help="main, student_size, data_fraction, encoder_decoder, cost_ablation, micro")
     p.add_argument("--report-only", action="store_true", help="do not launch runs; render from the store")
     p.add_argument("--preset", default="paper", choices=["paper", "small"], help="paper grid or a small CPU preset")
     p.add_argument("--store", default="results", help="results store root")

@@ -1,5 +1,5 @@
 """Analysis notebooks: in sync with their builder, saved without outputs, and executing headless
-against the fixture store (``-m slow``: each starts a kernel and renders figures)."""
+against the committed fixture store (each starts a kernel and renders figures, a few seconds each)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "fixtures" / "store"
-NOTEBOOKS = ["data_fraction", "cost_ablation", "student_size", "training_curves", "paper_vs_ours"]
+NOTEBOOKS = ["data_fraction", "cost_ablation", "student_size", "training_curves", "paper_vs_ours", "micro"]
 FIGURES = {
     "data_fraction": ["data_fraction"],
     "cost_ablation": ["cost_ablation"],
     "student_size": ["student_size"],
     "training_curves": ["training_curves_val", "training_curves_train"],
     "paper_vs_ours": ["paper_vs_ours"],
+    "micro": ["micro"],
 }
 
 
@@ -32,7 +33,6 @@ def test_notebooks_match_builder_and_have_no_outputs():
         assert "uld.pipeline" not in "".join(c.source for c in code)  # they only read the store
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_executes_against_fixture_store(name, tmp_path, monkeypatch):
     from nbclient import NotebookClient
