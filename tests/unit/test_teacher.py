@@ -72,7 +72,6 @@ def registry(tmp_path_factory, tiny_models):
     base = "kind: chat\n  arch: decoder\n  dtype: float32\n  system_role: true\n  shots: {squad: 1}\n"
     text = (
         f"tiny-teacher:\n  hub_id: local/tiny-teacher\n  max_length: 2048\n  chat_template: null\n  {base}"
-        f"tiny-teacher-short:\n  hub_id: local/tiny-teacher-short\n  max_length: 200\n  chat_template: null\n  {base}"
         f"tiny-teacher-plain:\n  hub_id: local/tiny-teacher-plain\n  max_length: 2048\n  chat_template: plain\n  {base}"
     )
     path = tmp / "models.yaml"
@@ -263,15 +262,39 @@ def test_changed_chunk_size_is_refused_on_resume(full_run, tmp_path):
     assert len(list((folder / "chunks").glob("*.parquet"))) == 3
 
 
-def test_over_long_prompts_are_skipped_and_counted(tmp_path, tiny_models, data_dir, registry):
+def test_over_long_prompts_are_skipped_and_counted(tmp_path, tiny_models, data_dir, registry, full_run, monkeypatch):
+    # The context limit sits in the middle of the measured prompt lengths (they depend on which
+    # tokenizer the tiny teacher has), so some prompts fit and some do not.
+    measured = pd.concat([T._read_chunk(p)[0] for p in sorted((full_run[1] / "chunks").glob("*.parquet"))])
+    lengths = sorted(measured["n_prompt_tokens"])
+    limit = lengths[len(lengths) // 2] + 6 + 1
+    reg = tmp_path / "models.yaml"
+    reg.write_text(
+        f"tiny-teacher-short:\n  hub_id: local/tiny-teacher-short\n  max_length: {limit}\n  chat_template: null\n"
+        "  kind: chat\n  arch: decoder\n  dtype: float32\n  system_role: true\n  shots: {squad: 1}\n"
+    )
+    monkeypatch.setenv("ULD_MODEL_REGISTRY", str(reg))
     cfg = _cfg(tmp_path / "short", tiny_models["teacher"], data_dir, name="tiny-teacher-short")
     folder = T.run_teacher_stage(cfg)
     stats = json.loads((folder / "stats.json").read_text())
     rows = pd.concat([T._read_chunk(p)[0] for p in sorted((folder / "chunks").glob("*.parquet"))])
-    too_long = rows[rows["n_prompt_tokens"] + 6 + 1 > 200]
+    # Rule 1: no room for max_new_tokens (+ EOS) after the prompt: never generated.
+    too_long = rows[rows["n_prompt_tokens"] + 6 + 1 > limit]
     assert 0 < len(too_long) < len(rows)
-    assert stats["n_skipped_too_long"] == len(too_long)
-    assert sorted(stats["skipped_row_ids"]) == sorted(too_long["row_id"])
+    # Rule 2: generated, but prompt + re-tokenized answer + EOS exceeds the limit: skipped as well.
+    from transformers import AutoTokenizer
+
+    from uld.data import PromptTooLong, encode_teacher_pair
+    from uld.generation import keep_first_line
+
+    tok = AutoTokenizer.from_pretrained(tiny_models["teacher"])
+    second = []
+    for r in rows[(rows["n_prompt_tokens"] + 6 + 1 <= limit) & (rows["status"] == "too_long")].itertuples():
+        with pytest.raises(PromptTooLong):
+            encode_teacher_pair(tok, r.teacher_prompt, keep_first_line(r.generation), max_length=limit)
+        second.append(r.row_id)
+    assert stats["n_skipped_too_long"] == len(too_long) + len(second)
+    assert sorted(stats["skipped_row_ids"]) == sorted(list(too_long["row_id"]) + second)
     answers = pd.read_parquet(folder / "answers.parquet")
     assert not set(answers["row_id"]) & set(too_long["row_id"])
     # nothing was truncated: every kept prompt is intact (its full context is in it)
