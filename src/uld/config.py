@@ -376,6 +376,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     cfg = from_dict(ExperimentConfig, data, source=str(path) if path else "")
     if overrides:
         cfg = apply_overrides(cfg, overrides)
+        # an override of a swept key pins it: `training.method=uld` on a config whose grid sweeps
+        # training.method means "just that point"
+        pinned = {_split_override(o)[0] for o in overrides} & set(cfg.grid)
+        for key in pinned:
+            del cfg.grid[key]
     validate(cfg, source=str(path) if path else "")
     return cfg
 

@@ -99,4 +99,6 @@ def test_readme_uld_commands_parse(line):
     if getattr(args, "config", None) and args.config.endswith(".yaml"):
         from uld.config import load_config
 
-        load_config(REPO / args.config, args.overrides)
+        cfg = load_config(REPO / args.config, args.overrides)
+        if args.command == "train":  # `uld train` takes exactly one grid point
+            assert not cfg.grid, f"{line}: the config still sweeps {list(cfg.grid)}"

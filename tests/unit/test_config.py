@@ -118,3 +118,11 @@ def test_base_inheritance(tmp_path):
 def test_missing_file():
     with pytest.raises(ConfigError, match="not found"):
         load_config("/nonexistent/x.yaml")
+
+
+def test_override_of_a_grid_key_pins_it():
+    smoke = REPO / "experiments" / "smoke.yaml"
+    assert len(expand_grid(load_config(smoke))) == 2
+    pinned = load_config(smoke, ["training.method=uld"])
+    assert pinned.grid == {} and pinned.training.method == "uld"
+    assert [p.training.method for p in expand_grid(pinned)] == ["uld"]
