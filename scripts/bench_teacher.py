@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from uld import teacher as T
+from uld.generation import greedy_generate
 from uld.config import DataConfig, ModelConfig
 from uld.data import get_task, training_pool
 from uld.models import load_model, load_tokenizer, resolve_model
@@ -58,11 +59,11 @@ def main() -> None:
     prompt_ids = [T.encode_teacher_prompt(tok, p) for p in prompts]
 
     # warm-up: first calls pay for allocator growth and kernel selection
-    T.generate_answers(model, tok, prompt_ids[:2], max_new_tokens=2, batch_size=2)
+    greedy_generate(model, tok, prompt_ids[:2], max_new_tokens=2, batch_size=2)
 
     runs, answers_by_bs = [], {}
     for bs in args.batch_sizes:
-        out = T.generate_answers(model, tok, prompt_ids, max_new_tokens=args.max_new_tokens, batch_size=bs)
+        out = greedy_generate(model, tok, prompt_ids, max_new_tokens=args.max_new_tokens, batch_size=bs)
         n_tok = sum(out.n_tokens)
         runs.append(
             {

@@ -1,0 +1,45 @@
+"""The benchmark scripts run (on tiny inputs), so a library change cannot silently break them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURE_DATA = REPO / "tests" / "fixtures" / "data"
+
+
+def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_bench_losses_quick(tmp_path):
+    out = tmp_path / "losses"
+    _run(["scripts/bench_losses.py", "--quick", "--methods", "ce,exact,topk,loop", "--out", str(out)], tmp_path)
+    results = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert results
+    for config in results:
+        by_method = {m["method"]: m for m in config["methods"]}
+        assert {"ce", "exact", "topk", "loop"} <= set(by_method)
+        # exact ULD and the paper-style loop compute the same number
+        assert abs(by_method["exact"]["loss"] - by_method["loop"]["loss"]) < 1e-4
+        assert all(m["time_s"] > 0 for m in config["methods"])
+    assert "x CE" in out.with_suffix(".md").read_text()
+
+
+def test_bench_teacher_on_a_tiny_teacher(tmp_path, tiny_models):
+    _run(["scripts/bench_teacher.py", "--model-dir", str(tiny_models["teacher"]), "--data-dir", str(FIXTURE_DATA),
+          "--n-items", "3", "--batch-sizes", "1", "2", "--max-new-tokens", "3", "--top-k", "8", "--out", str(tmp_path)],
+         tmp_path)
+    assert (tmp_path / "teacher.json").is_file() and "tokens/s" in (tmp_path / "teacher.md").read_text()
+
+
+def test_other_scripts_have_help(tmp_path):
+    for script in ("scripts/bench_training.py", "scripts/build_notebooks.py"):
+        assert "usage" in _run([script, "--help"], tmp_path).stdout
