@@ -212,14 +212,13 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_table(args) -> int:
-    from uld.reporting import build_table
+    from uld.reporting import table_script
 
-    built = build_table(
-        args.name, report_only=args.report_only, preset=args.preset, store_root=args.store, force=args.force, out_dir=args.out
-    )
-    for p in built.paths.values():
-        print(f"wrote {p}")
-    return 0 if built.ok else 1
+    # the same code path as paper_tables/table_<name>.py
+    argv = ["--preset", args.preset, "--store", args.store]
+    argv += ["--report-only"] * args.report_only + ["--force"] * args.force
+    argv += ["--out", args.out] if args.out else []
+    return table_script(args.name, argv)
 
 
 def cmd_data_summary(args) -> int:
