@@ -189,18 +189,33 @@ else:
         "Gemma-3-270M teaching SmolLM2-135M-Instruct on 200 SQuAD items, 3 seeds per trained setting "
         "(`experiments/micro/`, `paper_tables/table_micro.py`). Left: every setting on the full slice, mean ± std "
         "over seeds with each seed as a dot; right: λ=0 and ULD on 25/50/100% of the slice. The interval is a "
-        "paired bootstrap of ULD − λ=0 over the evaluation questions, seeds averaged per question.",
+        "paired bootstrap of ULD − λ=0 over the evaluation questions, seeds averaged per question. "
+        "The study may also live in stores of its own next to the main one (`results/micro_<hardware>/`, e.g. "
+        "the same grid run on a GPU); each is shown with the hardware its runs record.",
         [
             (
                 "code",
                 '''\
-plan = reporting.plan_table("micro", store_root=STORE)
-print(plan.summary())
-micro = reporting.collect_micro(plan)
-micro.runs''',
+stores = [STORE] + sorted(d for d in STORE.glob("micro_*") if (d / "runs").is_dir())
+tables = {}
+for store in stores:
+    plan = reporting.plan_table("micro", store_root=store)
+    print(plan.summary())
+    tables[store] = reporting.collect_micro(plan)
+tables[STORE].runs''',
             ),
-            ("code", "print(reporting.render_micro_markdown(micro, store_root=STORE))"),
-            ("code", 'finish(reporting.micro_figure(micro, metric="f1"), "micro")'),
+            (
+                "code",
+                '''\
+for store, micro in tables.items():
+    print(reporting.render_micro_markdown(micro, store_root=store))''',
+            ),
+            (
+                "code",
+                '''\
+for store, micro in tables.items():
+    finish(reporting.micro_figure(micro, metric="f1"), "micro" if store == STORE else store.name)''',
+            ),
         ],
     ),
     "paper_vs_ours": notebook(

@@ -131,6 +131,9 @@ class TrainingConfig:
     save_every: Optional[int] = None  # optimizer steps between resumable checkpoints (None: each epoch)
     select: Literal["best_val_loss", "last"] = "best_val_loss"
     keep_last: bool = True
+    # checkpoints/state (weights, optimizer, RNG: ~3x the model) only serves to resume an interrupted run;
+    # a finished run keeps just its trainer.json unless this is set, so a study of many runs fits on disk
+    keep_state: bool = False
     log_every: int = 10
     num_workers: int = 0
     trackers: list[str] = field(default_factory=list)  # e.g. ["tensorboard", "wandb"]
@@ -187,6 +190,7 @@ HASH_EXCLUDED = (
     "generation.chunk_size",
     "generation.backend",
     "training.log_every",
+    "training.keep_state",
     "training.num_workers",
     "training.trackers",
     "evaluation.batch_size",

@@ -232,7 +232,7 @@ TABLES: dict[str, TableSpec] = {
         ),
         TableSpec(
             name="micro",
-            title="Micro-replication: Gemma-3-270M → SmolLM2-135M-Instruct on SQuAD (CPU)",
+            title="Micro-replication: Gemma-3-270M → SmolLM2-135M-Instruct on SQuAD",
             study="micro",
             metrics=("f1", "em", "rougeL"),
             layout="micro",  # built by collect_micro / write_micro (seed statistics, paired bootstrap)
@@ -358,7 +358,12 @@ def launch_missing(
     others still run; the table then shows "–" for it.
     """
     if runner is None:
-        from uld.pipeline import run_experiment as runner  # noqa: PLC0415 - heavy import, launch path only
+        from uld.pipeline import run_experiment  # noqa: PLC0415 - heavy import, launch path only
+
+        # the table is the report: per-experiment study reports would overwrite each other when several
+        # grid files of a table share one experiment name
+        def runner(cfg: Any, force: bool = False) -> Any:
+            return run_experiment(cfg, force=force, report=False)
     report = LaunchReport()
     todo = plan.points if force else plan.missing()
     for i, point in enumerate(todo, 1):
@@ -756,7 +761,9 @@ def build_table(
     out = Path(out_dir) if out_dir is not None else Path(store_root) / "tables"
     if plan.spec.layout == "micro":  # own statistics, no authors' column
         table = collect_micro(plan)
-        return BuiltTable(table=table, paths=write_micro(table, out, store_root=Path(store_root)), plan=plan, launch=launch)
+        paths = write_micro(table, out, store_root=Path(store_root))
+        paths.update(_write_micro_figure(table, figures_dir(store_root)))
+        return BuiltTable(table=table, paths=paths, plan=plan, launch=launch)
     table = collect_table(plan, reference=reference)
     paths = write_table(table, out, store_root=Path(store_root))
     return BuiltTable(table=table, paths=paths, plan=plan, launch=launch)
@@ -1135,6 +1142,17 @@ class MicroTable:
     train_size: Optional[int] = None
     test_size: Optional[int] = None
     val_fraction: Optional[float] = None
+    hardware: list[str] = field(default_factory=list)  # where the table's runs ran, from their env.json
+
+
+def _run_hardware(run: RunFolder) -> str:
+    """``"NVIDIA H100 80GB HBM3"``, ``"CPU (2 cores)"`` or ``"unknown"`` from a run's env.json."""
+    if not run.exists("env.json"):
+        return "unknown"
+    env = run.read_json("env.json")
+    if env.get("gpus"):
+        return ", ".join(env["gpus"])
+    return f"CPU ({env['cpu_count']} cores)" if env.get("cpu_count") else "CPU"
 
 
 def _try_contrast(a: list[RunFolder], b: list[RunFolder], what: str, notes: list[str]) -> Optional[BootstrapCI]:
@@ -1241,6 +1259,7 @@ def collect_micro(plan: TablePlan) -> MicroTable:
         train_size=first.data.train_size if first is not None else None,
         test_size=first.data.test_size if first is not None else None,
         val_fraction=first.data.val_fraction if first is not None else None,
+        hardware=sorted({_run_hardware(p.run) for p in done}),
     )
 
 
@@ -1291,6 +1310,8 @@ def _micro_preamble(table: MicroTable, store_root: Path | None) -> list[str]:
         f"{table.n_complete} of {table.n_points} grid points have results. {size}"
         f"Scores ×100; mean ± sample std over seeds, n = runs (seeds) averaged; {MISSING} = no number."
     )
+    if table.hardware:
+        lines.append(f"Hardware of these runs: {'; '.join(table.hardware)}.")
     if table.spec.caption:
         lines.append(table.spec.caption)
     return lines
@@ -1330,7 +1351,8 @@ def render_micro_latex(table: MicroTable) -> str:
     lines += [" & ".join(_tex_pm(c) for c in r) + r" \\" for r in fbody]
     lines += [r"\bottomrule", r"\end{tabular}"]
     caption = (f"{table.spec.title}. {table.n_complete}/{table.n_points} grid points with results. Scores ×100, "
-               f"mean ± std over seeds; – = no number. {table.spec.caption}")
+               f"mean ± std over seeds; – = no number. "
+               + (f"Hardware: {'; '.join(table.hardware)}. " if table.hardware else "") + table.spec.caption)
     lines += [rf"\caption{{{_tex_pm(caption)}}}", r"\label{tab:micro}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
@@ -1343,6 +1365,21 @@ def write_micro(table: MicroTable, out_dir: str | os.PathLike, *, store_root: Pa
         "tex": atomic_write_text(out_dir / f"{_MICRO_STEM}.tex", render_micro_latex(table)),
         "csv": atomic_write_text(out_dir / f"{_MICRO_STEM}.cells.csv", table.cells.to_csv(index=False)),
     }
+
+
+def _write_micro_figure(table: MicroTable, out_dir: Path) -> dict[str, Path]:
+    """``table_micro.png`` / ``.pdf`` next to the store's other figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = micro_figure(table, metric="f1")
+    try:
+        png, pdf = save_figure(fig, _MICRO_STEM, out_dir)
+    finally:
+        plt.close(fig)
+    return {"png": png, "pdf": pdf}
 
 
 def micro_figure(table: MicroTable, metric: str = "f1") -> Any:
@@ -1368,6 +1405,7 @@ def micro_figure(table: MicroTable, metric: str = "f1") -> Any:
     ax_a.set_ylabel(label)
     ax_a.set_title("(a) full training slice" + ("" if not runs.empty else ": no runs yet"))
     if table.contrast is not None:
+        ax_a.set_ylim(top=ax_a.get_ylim()[1] * 1.12)  # headroom for the contrast line
         ax_a.text(0.02, 0.97, _contrast_text(table.contrast).split(" (")[0], transform=ax_a.transAxes, va="top", fontsize=8)
 
     for setting in ("lambda0", "uld"):

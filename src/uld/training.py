@@ -56,6 +56,8 @@ Checkpoints (under the run folder):
   lines of ``metrics.jsonl`` written after that checkpoint are dropped. Resuming with a different
   config (other than logging-only fields) or a different number of processes is refused unless
   ``force_resume=True``.
+  Once the run has finished, only ``trainer.json`` (marked finished) is kept, so a rerun knows the
+  training is done; ``training.keep_state: true`` keeps the whole state.
 * ``checkpoints/last``: Hugging Face folder (safetensors + tokenizer) of the latest weights.
 * ``checkpoints/best``: the selected checkpoint. Rule (``training.select``): ``best_val_loss``
   (default) keeps the weights with the lowest validation loss, i.e. the student's cross-entropy on the
@@ -643,6 +645,19 @@ def _swap_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
+def _prune_state(state_dir: Path) -> None:
+    """Delete everything in a finished run's ``checkpoints/state`` except its ``trainer.json``."""
+    if not (state_dir / STATE_FILE).is_file():
+        return
+    for p in state_dir.iterdir():
+        if p.name == STATE_FILE:
+            continue
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
 def _save_hf(accelerator: Any, model: torch.nn.Module, tokenizer: Any, dest: Path, extra: dict) -> None:
     """Hugging Face folder (safetensors + tokenizer + ``checkpoint.json``), written atomically."""
     state_dict = accelerator.get_state_dict(model)  # collective under FSDP/DeepSpeed: every rank calls it
@@ -1051,6 +1066,8 @@ def train(
                 log.warning("no validation pass improved on infinity; checkpoints/best is the last checkpoint")
         if not tcfg.keep_last and select != "last":
             shutil.rmtree(last_dir, ignore_errors=True)
+        if not tcfg.keep_state:
+            _prune_state(state_dir)
     accelerator.wait_for_everyone()
     summary = {
         "method": tcfg.method,

@@ -77,6 +77,25 @@ def test_resuming_a_finished_run_returns_its_summary(tmp_path, tiny_models):
     stage = teacher_stage(cfg)
     run = new_run(cfg, tmp_path / "run")
     first = TR.train(cfg, run, stage)
+    # a finished run keeps only the marker of its resumable state, not weights/optimizer/RNG
+    assert sorted(p.name for p in run.file("checkpoints", "state").iterdir()) == ["trainer.json"]
+    assert json.loads(run.file("checkpoints", "state", "trainer.json").read_text())["finished"]
+    assert run.file("checkpoints", "best", "model.safetensors").is_file()
     reset_accelerate()
     again = TR.train(cfg, run, stage, resume=True)
     assert again == first
+
+
+def test_keep_state_keeps_the_whole_resumable_state(tmp_path, tiny_models):
+    from uld import training as TR
+    from uld.config import config_hash
+
+    write_data(tmp_path)
+    cfg = make_config(tmp_path, tiny_models, method="sft-teacher", max_steps=2)
+    kept = make_config(tmp_path, tiny_models, method="sft-teacher", max_steps=2)
+    kept.training.keep_state = True
+    assert config_hash(kept) == config_hash(cfg)  # bookkeeping only: same run id
+    run = new_run(kept, tmp_path / "run")
+    TR.train(kept, run, teacher_stage(kept))
+    names = {p.name for p in run.file("checkpoints", "state").iterdir()}
+    assert "trainer.json" in names and any(n.endswith(".safetensors") for n in names), names

@@ -297,3 +297,33 @@ def test_figure_draws_the_seed_means(store):
     f1 = {k: [json.loads(r.file("scores.json").read_text())["metrics"]["f1"] for r in v] for k, v in written.items()}
     expected = [statistics.mean(f1[(s, 1.0)]) for s in ("teacher", "lambda0", "uld")]
     assert bars == pytest.approx(expected)
+
+
+def test_table_names_the_hardware_of_its_runs_and_writes_the_figure(store, tmp_path):
+    root, written = store
+    gpu, cpu = written[("uld", 1.0)][0], written[("lambda0", 1.0)][0]
+    atomic_write_json(gpu.file("env.json"), {"cpu_count": 16, "gpus": ["NVIDIA H100 80GB HBM3"]})
+    atomic_write_json(cpu.file("env.json"), {"cpu_count": 2})
+    built = reporting.build_table("micro", report_only=True, store_root=root, out_dir=tmp_path / "t")
+    # runs without env.json are "unknown": the line never claims a hardware it cannot see
+    assert built.table.hardware == ["CPU (2 cores)", "NVIDIA H100 80GB HBM3", "unknown"]
+    assert "Hardware of these runs: CPU (2 cores); NVIDIA H100 80GB HBM3; unknown." in built.paths["md"].read_text()
+    assert "Hardware: CPU (2 cores); NVIDIA H100 80GB HBM3; unknown." in built.paths["tex"].read_text()
+    assert built.paths["png"] == root / "figures" / "table_micro.png" and built.paths["png"].stat().st_size > 0
+    assert built.paths["pdf"].is_file()
+
+
+def test_launching_a_table_writes_no_per_experiment_report(tmp_path, monkeypatch):
+    from uld import pipeline
+
+    seen = []
+
+    def fake_run_experiment(cfg, *, force=False, report=True, **kw):
+        seen.append(report)
+        return []
+
+    monkeypatch.setattr(pipeline, "run_experiment", fake_run_experiment)
+    plan = reporting.plan_table("micro", store_root=tmp_path)
+    launch = reporting.launch_missing(plan)
+    assert len(seen) == 23 and not any(seen)  # the table is the report
+    assert len(launch.failed) == 23  # the fake wrote nothing, so every point is reported missing
