@@ -1,0 +1,52 @@
+"""The committed micro-replication tables are what the code renders from the committed runs, and the
+README quotes them: no number in the README can drift from the run folders behind it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from uld import reporting
+
+REPO = Path(__file__).resolve().parents[2]
+# the CPU reference study lives in the main store, the same grid run on other hardware in stores of its own
+STORES = [REPO / "results", *sorted(p for p in (REPO / "results").glob("micro_*") if p.is_dir())]
+
+
+def _micro_section() -> str:
+    readme = (REPO / "README.md").read_text()
+    assert "\n## Micro-replication" in readme, "README has no Micro-replication section"
+    return readme.split("\n## Micro-replication", 1)[1].split("\n## ", 1)[0]
+
+
+def _committed(store: Path) -> Path:
+    table = store / "tables" / "table_micro.md"
+    if not table.is_file():
+        pytest.skip(f"no committed micro table in {store}")
+    return table
+
+
+@pytest.mark.parametrize("store", STORES, ids=lambda p: p.name)
+def test_committed_micro_table_is_rendered_from_the_committed_runs(store, tmp_path):
+    committed = _committed(store)
+    # render from a copy: a test never writes into the repository
+    copy = tmp_path / "store"
+    copy.mkdir()
+    shutil.copytree(store / "runs", copy / "runs", ignore=shutil.ignore_patterns("checkpoints"))
+    built = reporting.build_table("micro", report_only=True, store_root=copy, out_dir=tmp_path / "tables")
+    assert built.table.n_complete > 0
+    assert built.paths["md"].read_text() == committed.read_text()
+    assert built.paths["csv"].read_text() == (store / "tables" / "table_micro.cells.csv").read_text()
+
+
+@pytest.mark.parametrize("store", STORES, ids=lambda p: p.name)
+def test_readme_quotes_the_committed_micro_table(store):
+    lines = _committed(store).read_text().splitlines()
+    quoted = [ln for ln in lines if ln.startswith("| ") and not ln.startswith("| Setting") and not ln.startswith("| Fraction")]
+    quoted += [ln for ln in lines if ln.startswith("ULD − λ=0:") or ln.startswith("Hardware of these runs:")]
+    assert len(quoted) >= 8
+    section = _micro_section()
+    missing = [ln for ln in quoted if ln not in section]
+    assert not missing, f"README Micro-replication section does not quote {store.name}'s table: {missing}"
