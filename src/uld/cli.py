@@ -146,7 +146,7 @@ def cmd_generate(args) -> int:
     from uld.teacher import run_teacher_stage
 
     from uld.config import expand_grid
-    from uld.results import teacher_stage_id
+    from uld.ids import teacher_stage_id
 
     cfg = _load(args)
     seen = set()
@@ -237,7 +237,7 @@ def cmd_data_summary(args) -> int:
 
 def cmd_config(args) -> int:
     from uld.config import dump_config, expand_grid
-    from uld.results import run_id
+    from uld.ids import run_id
 
     cfg = _load(args)
     for point in expand_grid(cfg):

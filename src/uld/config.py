@@ -11,8 +11,6 @@ Dependency rule: this module imports nothing from the rest of the package.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import types
 import typing
@@ -36,9 +34,10 @@ __all__ = [
     "to_dict",
     "apply_overrides",
     "dump_config",
-    "config_hash",
     "expand_grid",
-    "HASH_EXCLUDED",
+    "RENAMED",
+    "migrate",
+    "RETIRED",
 ]
 
 
@@ -177,27 +176,11 @@ class ExperimentConfig:
     device: Optional[str] = None  # None: whatever accelerate picks
 
 
-# Fields that do not change what a run computes: excluded from run ids.
-HASH_EXCLUDED = (
-    "description",
-    "grid",
-    "output_dir",
-    "device",
-    "teacher.path",
-    "student.path",
-    "data.dir",
-    "generation.batch_size",
-    "generation.chunk_size",
-    "generation.backend",
-    "training.log_every",
-    "training.keep_state",
-    "training.num_workers",
-    "training.trackers",
-    "evaluation.batch_size",
-    "evaluation.bertscore_path",
-    "evaluation.bertscore_batch_size",
-)
-
+# Schema history. RENAMED: legacy dotted path -> current dotted path (stored configs are migrated on
+# read and the field keeps being hashed under its legacy path, see uld.ids). RETIRED: removed field ->
+# the only value the code still implements (a stored config holding another value is refused).
+RENAMED: dict[str, str] = {}
+RETIRED: dict[str, Any] = {}
 
 # --------------------------------------------------------------------------------------------------
 # Generic dataclass <-> dict machinery
@@ -374,9 +357,62 @@ def _deep_merge(a: dict, b: dict) -> dict:
     return out
 
 
+def migrate(data: dict[str, Any], *, source: str = "") -> dict[str, Any]:
+    """A config mapping written under an older schema, in today's layout (:data:`RENAMED`, :data:`RETIRED`).
+
+    A renamed key moves to its new place; a retired key is dropped when it holds the one value the code
+    still implements and refused otherwise. Grid keys are migrated too.
+    """
+    where = f" in {source}" if source else ""
+    out = json_copy(data)
+    for legacy, value in RETIRED.items():
+        found, current = _pop_dotted(out, legacy)
+        if found and current != value:
+            raise ConfigError(f"'{legacy}'{where} was removed; only {value!r} is supported, got {current!r}")
+        grid = out.get("grid")
+        if isinstance(grid, dict) and legacy in grid:
+            raise ConfigError(f"grid key '{legacy}'{where} was removed from the schema")
+    for legacy, new in RENAMED.items():
+        found, value = _pop_dotted(out, legacy)
+        if found:
+            parts = new.split(".")
+            node = out
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            if parts[-1] in node:
+                raise ConfigError(f"'{legacy}'{where} was renamed to '{new}'; give only one of them")
+            node[parts[-1]] = value
+        grid = out.get("grid")
+        if isinstance(grid, dict) and legacy in grid:
+            grid[new] = grid.pop(legacy)
+    return out
+
+
+def json_copy(data: Any) -> Any:
+    """Deep copy of plain YAML data (dicts and lists are copied, scalars shared)."""
+    if isinstance(data, dict):
+        return {k: json_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [json_copy(v) for v in data]
+    return data
+
+
+def _pop_dotted(data: dict, key: str) -> tuple[bool, Any]:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            return False, None
+    if parts[-1] not in node:
+        return False, None
+    return True, node.pop(parts[-1])
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """YAML file (optional) -> ExperimentConfig -> dotted overrides -> validated config."""
     data = load_yaml_config(path) if path is not None else {}
+    data = migrate(data, source=str(path) if path else "")
     cfg = from_dict(ExperimentConfig, data, source=str(path) if path else "")
     if overrides:
         cfg = apply_overrides(cfg, overrides)
@@ -437,19 +473,6 @@ def dump_config(cfg: Any, path: str | os.PathLike | None = None) -> str:
     if path is not None:
         Path(path).write_text(text)
     return text
-
-
-def config_hash(cfg: ExperimentConfig, length: int = 10, exclude: tuple[str, ...] = HASH_EXCLUDED) -> str:
-    """Stable short hash of what a run computes (fields in ``exclude`` do not count)."""
-    data = to_dict(cfg)
-    for key in exclude:
-        parts = key.split(".")
-        node = data
-        for part in parts[:-1]:
-            node = node.get(part, {})
-        node.pop(parts[-1], None)
-    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
 def expand_grid(cfg: ExperimentConfig) -> list[ExperimentConfig]:

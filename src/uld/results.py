@@ -44,7 +44,8 @@ from typing import Any, Callable, Iterator, Literal, Optional
 
 import yaml
 
-from uld.config import ExperimentConfig, config_hash, dump_config, from_dict
+from uld.config import ExperimentConfig, dump_config, from_dict, migrate
+from uld.ids import config_hash, run_id, teacher_stage_id
 
 __all__ = [
     "ResultsError",
@@ -56,8 +57,6 @@ __all__ = [
     "read_json",
     "read_jsonl",
     "file_lock",
-    "run_id",
-    "teacher_stage_id",
     "RunFolder",
     "find_run",
     "iter_runs",
@@ -198,34 +197,6 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 # --------------------------------------------------------------------------------------------------
 
 
-def run_id(cfg: ExperimentConfig) -> str:
-    """``<name>-<hash of the resolved config>``: the same config always lands in the same folder."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in cfg.name)
-    return f"{safe}-{config_hash(cfg)}"
-
-
-def teacher_stage_id(cfg: ExperimentConfig) -> str:
-    """Teacher-stage id: only what changes the teacher's answers and signal counts."""
-    from uld.config import to_dict
-    import hashlib
-
-    d = to_dict(cfg)
-    key = {
-        "teacher": {k: v for k, v in d["teacher"].items() if k != "path"},
-        "data": {
-            k: d["data"][k]
-            for k in ("task", "train_size", "val_fraction", "split_seed", "max_length", "teacher_shots", "teacher_title")
-        },
-        "generation": {
-            k: v for k, v in d["generation"].items() if k not in ("batch_size", "chunk_size", "backend")
-        },
-    }
-    blob = json.dumps(key, sort_keys=True, separators=(",", ":"))
-    h = hashlib.sha256(blob.encode()).hexdigest()[:10]
-    teacher = "".join(c if c.isalnum() or c in "-_." else "-" for c in (cfg.teacher.name or "teacher"))
-    return f"{cfg.data.task}-{teacher}-{h}"
-
-
 class RunFolder:
     """A run's folder in the store. ``init`` writes ``config.yaml`` and ``env.json``.
 
@@ -314,7 +285,8 @@ class RunFolder:
 
     def config(self) -> ExperimentConfig:
         """The stored config, validated against the current schema."""
-        return from_dict(ExperimentConfig, self.config_dict(), source=str(self.file("config.yaml")))
+        source = str(self.file("config.yaml"))
+        return from_dict(ExperimentConfig, migrate(self.config_dict(), source=source), source=source)
 
     @contextlib.contextmanager
     def lock(self, *, blocking: bool = True) -> Iterator["RunFolder"]:

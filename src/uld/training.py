@@ -94,7 +94,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from uld.config import ExperimentConfig, TrainingConfig, config_hash
+from uld.config import ExperimentConfig, TrainingConfig
+from uld.ids import resume_key
 from uld.results import RunFolder, append_jsonl, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -680,10 +681,6 @@ def _copy_hf(src: Path, dest: Path) -> None:
     _swap_dir(tmp, dest)
 
 
-def _resume_key(cfg: ExperimentConfig) -> str:
-    return config_hash(cfg, length=16)
-
-
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -815,7 +812,7 @@ def train(
     if resume and (state_dir / STATE_FILE).is_file():
         saved = json.loads((state_dir / STATE_FILE).read_text())
         problems = []
-        if saved.get("config_hash") != _resume_key(cfg):
+        if saved.get("config_hash") != resume_key(cfg):
             problems.append("the config differs from the one the state was saved with")
         if saved.get("num_processes") != world:
             problems.append(f"it was saved with {saved.get('num_processes')} processes, this run has {world}")
@@ -928,7 +925,7 @@ def train(
                 **position(epoch_, batch_),
                 "best_val_loss": None if math.isinf(best_loss) else best_loss,
                 "best_step": best_step,
-                "config_hash": _resume_key(cfg),
+                "config_hash": resume_key(cfg),
                 "num_processes": world,
                 "total_steps": total_steps,
                 "finished": finished,

@@ -88,7 +88,7 @@ def test_resuming_a_finished_run_returns_its_summary(tmp_path, tiny_models):
 
 def test_keep_state_keeps_the_whole_resumable_state(tmp_path, tiny_models):
     from uld import training as TR
-    from uld.config import config_hash
+    from uld.ids import config_hash
 
     write_data(tmp_path)
     cfg = make_config(tmp_path, tiny_models, method="sft-teacher", max_steps=2)

@@ -15,7 +15,8 @@ import pytest
 from uld.cli import main
 from uld.config import load_config
 from uld.data import test_split
-from uld.results import RunFolder, teacher_stage_id
+from uld.ids import teacher_stage_id
+from uld.results import RunFolder
 
 REPO = Path(__file__).resolve().parents[2]
 # the real SQuAD files when ../shared is there (enough rows for a validation hold-out), else the fixtures

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from uld.ids import config_hash
 from uld.config import (
     ConfigError,
     ExperimentConfig,
     apply_overrides,
-    config_hash,
     dump_config,
     expand_grid,
     from_dict,

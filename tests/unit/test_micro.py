@@ -21,7 +21,8 @@ from uld.reporting import (
     question_scores,
     seed_summary,
 )
-from uld.results import ResultsError, RunFolder, atomic_write_json, atomic_write_text, run_id
+from uld.ids import run_id
+from uld.results import ResultsError, RunFolder, atomic_write_json, atomic_write_text
 
 # --------------------------------------------------------------------------------------------------
 # Bootstrap

@@ -10,7 +10,8 @@ import pytest
 
 from uld import reporting
 from uld.config import expand_grid, load_config
-from uld.results import RunFolder, load_reference, load_results, run_id
+from uld.ids import run_id
+from uld.results import RunFolder, load_reference, load_results
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "fixtures" / "store"

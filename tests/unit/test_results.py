@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from uld.config import ExperimentConfig, apply_overrides, from_dict, load_config
+from uld.ids import run_id
 from uld.results import (
     COLUMNS,
     ResultsError,
@@ -29,7 +30,6 @@ from uld.results import (
     load_results,
     load_training_logs,
     read_jsonl,
-    run_id,
 )
 
 REPO = Path(__file__).resolve().parents[2]
