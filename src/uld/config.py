@@ -63,6 +63,10 @@ class ModelConfig:
     revision: Optional[str] = None
     dtype: Optional[str] = None  # None: the registry's setting ("float32", "bfloat16", "float16", "auto")
     trust_remote_code: bool = False
+    # weights from an earlier run of the same store (its checkpoints/best), e.g. a fine-tuned teacher;
+    # the registry entry of ``name`` still says how to prompt it. The run id is content-addressed, so it
+    # identifies the weights.
+    from_run: Optional[str] = None
 
 
 @dataclass
@@ -71,6 +75,7 @@ class DataConfig:
 
     task: str = "squad"
     dir: Optional[str] = None  # local data folder (original formats); None: $ULD_DATA_DIR, else the Hub
+    train_start: int = 0  # skip the first rows of the training pool (a slice disjoint from another run's)
     train_size: Optional[int] = None  # first N rows of the training pool (None: all of it)
     train_fraction: float = 1.0  # dataset-size ablation, applied to the training part only
     fraction_mode: Literal["first", "random"] = "first"  # paper: the first N%
@@ -91,6 +96,7 @@ class GenerationConfig:
     do_sample: bool = False
     first_line: bool = True
     top_k_signal: int = 256  # teacher signal cache: top-k sorted probabilities kept per answer token
+    signal_temperature: float = 1.0  # the cache holds softmax(teacher logits / T): T < 1 sharpens the teacher
     store_signal: bool = True
     chunk_size: int = 256  # rows per resumable chunk
     backend: Literal["hf", "vllm"] = "hf"
@@ -109,11 +115,15 @@ class TrainingConfig:
     student_temperature: float = 1.0
     teacher_temperature: float = 1.0
     skip_student_eos: bool = True
+    skip_teacher_eos: bool = False  # drop the teacher position that predicts its EOS (chat teachers without EOS)
     loss_chunk_size: Optional[int] = None
     ot_cost: Literal["uniform", "levenshtein", "embedding"] = "uniform"
     ot_top_k: int = 32
     ot_solver: Literal["emd", "sinkhorn"] = "emd"
     ot_embedding_model: Optional[str] = None
+    # "answer": project only the positions that predict answer tokens onto the vocabulary (same losses,
+    # several times faster with large vocabularies); "all": the full [B, T, V] logits
+    logits: Literal["all", "answer"] = "all"
     lr: float = 1e-6
     lr_preset: Optional[Literal["paper", "authors-jobs"]] = None  # paper: 1e-6, authors' jobs: 2e-6
     weight_decay: float = 0.1
@@ -451,6 +461,17 @@ def validate(cfg: ExperimentConfig, source: str = "") -> None:
         raise bad("training.batch_size", "batch_size and grad_accum must be positive")
     if cfg.generation.top_k_signal <= 0:
         raise bad("generation.top_k_signal", "must be positive")
+    if not cfg.generation.signal_temperature > 0:
+        raise bad("generation.signal_temperature", f"must be > 0, got {cfg.generation.signal_temperature}")
+    if cfg.data.train_start < 0:
+        raise bad("data.train_start", f"must be >= 0, got {cfg.data.train_start}")
+    t = cfg.training
+    if t.method == "uld" and t.teacher_signal == "cached" and t.teacher_temperature != cfg.generation.signal_temperature:
+        raise bad(
+            "training.teacher_temperature",
+            f"is {t.teacher_temperature} but the cached teacher signal is computed at generation.signal_temperature="
+            f"{cfg.generation.signal_temperature}; set both to the temperature you want",
+        )
     for key in cfg.grid:
         try:
             _get_dotted(cfg, key)
@@ -486,5 +507,6 @@ def expand_grid(cfg: ExperimentConfig) -> list[ExperimentConfig]:
     for values in itertools.product(*(cfg.grid[k] for k in keys)):
         point = apply_overrides(cfg, dict(zip(keys, values)), source=f"grid of {cfg.name}")
         point.grid = {}
+        validate(point, source=f"grid point {dict(zip(keys, values))} of {cfg.name}")
         out.append(point)
     return out

@@ -335,9 +335,12 @@ def evaluate_run(
     from uld.data import encode_teacher_prompt, get_task, select_shots, test_split, training_pool
     from uld.models import load_tokenizer, resolve_model, shots_for, title_for
 
+    from uld.models import bind_run_models
+
     if run.exists("scores.json") and not force:
         log.info("%s: scores.json exists, skipping evaluation", run.path)
         return run.read_json("scores.json")
+    cfg = bind_run_models(cfg)
     ev = cfg.evaluation
     task = get_task(cfg.data.task)
     examples = test_split(cfg.data)

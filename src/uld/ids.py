@@ -83,14 +83,15 @@ V1_RUN_FIELDS = frozenset({
 })
 
 # A teacher stage depends on the teacher, these data fields and the generation settings.
-TEACHER_DATA_FIELDS = ("task", "train_size", "val_fraction", "split_seed", "max_length", "teacher_shots", "teacher_title")
+TEACHER_DATA_FIELDS = ("task", "train_start", "train_size", "val_fraction", "split_seed", "max_length", "teacher_shots", "teacher_title")
 _TEACHER_EXCLUDED = frozenset({"teacher.path", "generation.batch_size", "generation.chunk_size", "generation.backend"})
-V1_TEACHER_FIELDS = frozenset(
-    {"teacher.name", "teacher.revision", "teacher.dtype", "teacher.trust_remote_code"}
-    | {f"data.{k}" for k in TEACHER_DATA_FIELDS}
-    | {"generation.max_new_tokens", "generation.do_sample", "generation.first_line", "generation.top_k_signal",
-       "generation.store_signal"}
-)
+V1_TEACHER_FIELDS = frozenset({  # never edit, like V1_RUN_FIELDS
+    "teacher.name", "teacher.revision", "teacher.dtype", "teacher.trust_remote_code",
+    "data.task", "data.train_size", "data.val_fraction", "data.split_seed", "data.max_length",
+    "data.teacher_shots", "data.teacher_title",
+    "generation.max_new_tokens", "generation.do_sample", "generation.first_line", "generation.top_k_signal",
+    "generation.store_signal",
+})
 
 def leaf_fields(cls: type = ExperimentConfig, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field]]:
     """Every leaf field of the schema as ``(dotted path, field)``, sections recursed, in schema order."""

@@ -115,10 +115,35 @@ def _find_local(names: list[str]) -> Optional[str]:
     return None
 
 
+def run_checkpoint(store: str | os.PathLike, run: str) -> Path:
+    """The weights a ``from_run`` reference names: ``<store>/runs/<run>/checkpoints/best`` of a finished run."""
+    folder = Path(store) / "runs" / run
+    best = folder / "checkpoints" / "best"
+    if not (folder / "train_summary.json").is_file() or not best.is_dir():
+        raise ConfigError(
+            f"from_run={run!r}: {folder} is not a finished training run (no train_summary.json and "
+            "checkpoints/best); run the experiment that trains it first"
+        )
+    return best
+
+
+def bind_run_models(cfg):
+    """A copy of an ``ExperimentConfig`` whose ``from_run`` models point at their run's checkpoint
+    (``path``, which is not part of any id) in the config's store (``output_dir``)."""
+    out = cfg
+    for side in ("teacher", "student"):
+        m: ModelConfig = getattr(cfg, side)
+        if m.from_run and not m.path:
+            out = dataclasses.replace(out, **{side: dataclasses.replace(m, path=str(run_checkpoint(cfg.output_dir, m.from_run)))})
+    return out
+
+
 def resolve_model(cfg: ModelConfig, registry: dict[str, ModelEntry] | None = None) -> ResolvedModel:
     """Resolve a ``ModelConfig`` to a loadable source plus its registry settings."""
     if not cfg.name and not cfg.path:
         raise ConfigError("model config needs 'name' (registry short name or Hub id) or 'path'")
+    if cfg.from_run and not cfg.path:
+        raise ConfigError(f"model {cfg.name!r} comes from run {cfg.from_run!r}: bind it first (uld.models.bind_run_models)")
     registry = load_registry() if registry is None else registry
     name = cfg.name or cfg.path or ""
     entry = registry.get(name)

@@ -456,7 +456,8 @@ def _process_chunk(teacher: _Teacher, plan: _Plan, index: int, pool: list, progr
     probs_b, tail_b, lens = [b""] * len(rows), [b""] * len(rows), [0] * len(rows)
     if gen.store_signal and kept:
         sig = signal_rows(model, teacher.tokenizer, [prompts[i] for i in kept], [answers[i] for i in kept],
-                          gen.top_k_signal, batch_size=gen.batch_size, max_length=ctx)
+                          gen.top_k_signal, batch_size=gen.batch_size, max_length=ctx,
+                          temperature=gen.signal_temperature)
         for i, (p, t) in zip(kept, sig):
             probs_b[i] = _array_bytes(p.numpy().astype(np.float16))
             tail_b[i] = _array_bytes(t.numpy().astype(np.float32))
@@ -521,7 +522,10 @@ def run_teacher_stage(cfg: ExperimentConfig, *, force: bool = False) -> Path:
     (under ``accelerate launch`` each process runs every N-th chunk; process 0 merges). Every process
     returns the same folder once the merge is done.
     """
+    from uld.models import bind_run_models
+
     folder = RunFolder.for_config(cfg, kind="teacher")
+    cfg = bind_run_models(cfg)
     rank, world, barrier, device = _distributed()
     if folder.exists(DONE_MARKER) and not force:
         return folder.path
@@ -774,7 +778,7 @@ def _generation_meta(cfg: ExperimentConfig, all_rows) -> dict:
             "backend": cfg.generation.backend,
         },
         "signal": {"top_k": cfg.generation.top_k_signal, "dtype": "float16", "tail_dtype": "float32",
-                   "positions": "answer tokens + EOS", "temperature": 1.0},
+                   "positions": "answer tokens + EOS", "temperature": cfg.generation.signal_temperature},
         "generation_config": to_dict(cfg.generation),
         "versions": versions,
     }

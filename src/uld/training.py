@@ -121,6 +121,7 @@ __all__ = [
     "EpochSampler",
     "compute_losses",
     "answer_nll",
+    "student_answer_logits",
 ]
 
 LR_PRESETS = {"paper": 1e-6, "authors-jobs": 2e-6}
@@ -526,7 +527,36 @@ def answer_nll(logits: torch.Tensor, labels: torch.Tensor, *, causal: bool) -> t
     return (nll * valid).sum(dim=1), valid.sum(dim=1).float()
 
 
-def _teacher_answer_logits(teacher: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def student_answer_logits(
+    model: torch.nn.Module, batch: dict, encoder_decoder: bool, *, answer_only: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Student logits with the labels they are scored against: ``(logits [B, T', V], labels [B, T'], causal)``.
+
+    ``answer_only=False``: the full logits, ``labels = batch["labels"]``, ``causal`` for decoder-only
+    models. ``answer_only=True`` (decoder-only): only the positions that predict an answer token are
+    projected onto the vocabulary (``logits_to_keep``), packed per row in order and right-padded, with
+    their targets as labels (-100 on padding) and ``causal=False``: the same losses at a fraction of the
+    cost of a large output layer. Encoder-decoder logits already cover the answer only.
+    """
+    labels = batch["labels"]
+    if encoder_decoder or not answer_only:
+        return _student_forward(model, batch, encoder_decoder), labels, not encoder_decoder
+    from uld.losses import answer_logit_targets
+
+    targets = answer_logit_targets(labels, causal=True)  # [B, T]: token predicted at each position
+    keep = targets != -100
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    if logits.dim() == 3:  # a model that ignores a mask-valued logits_to_keep returns every position
+        logits = logits[keep]
+    counts = keep.sum(dim=1).tolist()
+    packed = torch.nn.utils.rnn.pad_sequence(list(torch.split(logits, counts)), batch_first=True)
+    packed_targets = torch.nn.utils.rnn.pad_sequence(
+        list(torch.split(targets[keep], counts)), batch_first=True, padding_value=-100
+    )
+    return packed, packed_targets, False
+
+
+def _teacher_answer_logits(teacher: torch.nn.Module, batch: dict, *, skip_eos: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Online teacher logits from the first answer-predicting column on: ``([B, T - f, Vt], mask [B, T - f])``.
 
     The prompt columns are never compared, so they are not projected onto the vocabulary either
@@ -534,7 +564,7 @@ def _teacher_answer_logits(teacher: torch.nn.Module, batch: dict) -> tuple[torch
     """
     from uld.losses import answer_logit_mask
 
-    mask = answer_logit_mask(batch["teacher_labels"], causal=True)
+    mask = answer_logit_mask(batch["teacher_labels"], causal=True, skip_eos=skip_eos)
     cols = mask.any(dim=0).nonzero()
     first = int(cols[0]) if len(cols) else mask.shape[1] - 1
     keep = mask.shape[1] - first
@@ -578,12 +608,12 @@ def compute_losses(
     included, as cached by the teacher stage), paired by rank; from the online teacher's logits or the
     cached signal. Total: ``distillation_objective(ce, term, lam)``.
     """
-    logits = _student_forward(model, batch, encoder_decoder)
     labels = batch["labels"]
     n_tokens = int(batch["attention_mask"].sum().item())
     if encoder_decoder:
         n_tokens += int((labels != -100).sum().item())
-    nll, n = answer_nll(logits, labels, causal=not encoder_decoder)
+    logits, labels, causal = student_answer_logits(model, batch, encoder_decoder, answer_only=tcfg.logits == "answer")
+    nll, n = answer_nll(logits, labels, causal=causal)
     ce = nll.sum() / n.sum().clamp_min(1.0)
     method = tcfg.method
     if method not in DISTILL_METHODS:
@@ -592,21 +622,25 @@ def compute_losses(
     from uld import losses
 
     student_mask = losses.answer_logit_mask(
-        labels, causal=not encoder_decoder, skip_eos=tcfg.skip_student_eos, eos_token_id=student_eos_id
+        labels, causal=causal, skip_eos=tcfg.skip_student_eos, eos_token_id=student_eos_id
     )
     if method == "uld" and "signal_probs" in batch:
         probs, lengths = batch["signal_probs"], batch["signal_lengths"]
+        # one cached distribution per answer token, then the one predicting the teacher's EOS (last)
+        lengths = lengths - 1 if tcfg.skip_teacher_eos else lengths
         teacher_mask = torch.arange(probs.shape[1], device=probs.device)[None, :] < lengths[:, None]
         student_mask, teacher_mask = _align(tcfg, batch, student_mask, teacher_mask)
         term = losses.uld_loss(
             logits, losses.TeacherSignal(probs=probs, tail=batch["signal_tail"]), student_mask, teacher_mask,
-            student_temperature=tcfg.student_temperature, teacher_temperature=tcfg.teacher_temperature,
+            # the cache already holds the teacher at generation.signal_temperature (config.validate checks
+            # it equals training.teacher_temperature)
+            student_temperature=tcfg.student_temperature, teacher_temperature=1.0,
             top_k=None, reduction=tcfg.reduction, chunk_size=tcfg.loss_chunk_size,
         )  # fmt: skip
     else:
         if teacher is None:
             raise TrainingError(f"training.method={method!r} with the online teacher: no teacher model was loaded")
-        t_logits, teacher_mask = _teacher_answer_logits(teacher, batch)
+        t_logits, teacher_mask = _teacher_answer_logits(teacher, batch, skip_eos=tcfg.skip_teacher_eos)
         student_mask, teacher_mask = _align(tcfg, batch, student_mask, teacher_mask)
         if method == "uld":
             term = losses.uld_loss(
@@ -725,8 +759,7 @@ def _load_teacher_side(cfg: ExperimentConfig, teacher_dir: Optional[Path], devic
         store = TeacherSignalStore(signal_dir)
         if tcfg.top_k is not None and tcfg.top_k > store.k:
             raise TrainingError(f"'training.top_k'={tcfg.top_k} exceeds the cached signal's top-k ({store.k}) in {signal_dir}")
-        if tcfg.teacher_temperature != 1.0:
-            raise TrainingError("'training.teacher_temperature' must be 1 with the cached signal (cached at temperature 1)")
+        _check_signal_settings(cfg, Path(teacher_dir))
         # offsets alignment needs where each teacher token starts in the answer: its tokenizer suffices
         tok = load_tokenizer(resolve_model(cfg.teacher), padding_side="right") if tcfg.alignment == "offsets" else None
         return tok, None, store
@@ -737,6 +770,20 @@ def _load_teacher_side(cfg: ExperimentConfig, teacher_dir: Optional[Path], devic
     model.eval()
     model.requires_grad_(False)
     return tok, model, None
+
+
+def _check_signal_settings(cfg: ExperimentConfig, teacher_dir: Path) -> None:
+    """The cached signal must be the one the config asks for: its temperature (``generation.json``)."""
+    meta_path = teacher_dir / "generation.json"
+    if not meta_path.is_file():
+        return
+    meta = json.loads(meta_path.read_text())
+    cached_t = float((meta.get("signal") or {}).get("temperature", 1.0))
+    if cached_t != cfg.training.teacher_temperature:
+        raise TrainingError(
+            f"{meta_path}: the teacher signal was cached at temperature {cached_t}, but "
+            f"training.teacher_temperature={cfg.training.teacher_temperature}"
+        )
 
 
 def _vocab_strings(tok: Any, size: int) -> list[str]:
@@ -787,6 +834,9 @@ def train(
 
     from uld.models import load_model, load_tokenizer, resolve_model
 
+    from uld.models import bind_run_models
+
+    cfg = bind_run_models(cfg)
     tcfg = cfg.training
     if tcfg.method == "none":
         summary = {"method": "none", "trained": False}
@@ -939,8 +989,8 @@ def train(
         with torch.no_grad():
             for vb in val_dl:
                 with accelerator.autocast():
-                    logits = _student_forward(model, vb, enc_dec)
-                nll, n = answer_nll(logits, vb["labels"], causal=not enc_dec)
+                    logits, labels, causal = student_answer_logits(model, vb, enc_dec, answer_only=tcfg.logits == "answer")
+                nll, n = answer_nll(logits, labels, causal=causal)
                 # gather_for_metrics drops the samples accelerate repeats to even out the last batch
                 nll, n = accelerator.gather_for_metrics((nll, n))
                 nll_sum += float(nll.sum())

@@ -206,6 +206,10 @@ def test_split_pool_rules():
     assert (len(sized.train), len(sized.val)) == (40, 10) and sized.info["after_train_size"] == 50
     assert all(int(e.id[1:]) < 50 for e in sized.train + sized.val)
 
+    later = split_pool(POOL, train_start=50, train_size=40, val_fraction=0.1, split_seed=1)
+    ids = [int(e.id[1:]) for e in later.train + later.val]
+    assert sorted(ids) == list(range(50, 90)) and later.info["train_start"] == 50  # disjoint from the first 50
+
 
 def test_training_pool_and_test_split_from_config():
     cfg = DataConfig(task="squad", dir=str(FIXTURES), val_fraction=0.25, test_size=2)

@@ -86,3 +86,29 @@ def test_unregistered_seq2seq_folder_is_detected(tiny_models, monkeypatch):
     assert resolve_model(ModelConfig(name=folder), {}).is_encoder_decoder
     assert resolve_model(ModelConfig(name="anything", path=folder), {}).is_encoder_decoder
     assert not resolve_model(ModelConfig(name=str(tiny_models["student"])), {}).is_encoder_decoder
+
+
+def test_from_run_binds_the_runs_best_checkpoint(tmp_path, tiny_models):
+    import dataclasses
+    import shutil
+
+    from uld.config import ExperimentConfig
+    from uld.models import bind_run_models
+
+    cfg = ExperimentConfig(output_dir=str(tmp_path), teacher=ModelConfig(name="gemma-3-270m", from_run="sft-abc"))
+    with pytest.raises(ConfigError, match="bind it first"):
+        resolve_model(cfg.teacher)
+    with pytest.raises(ConfigError, match="from_run='sft-abc'.*not a finished training run"):
+        bind_run_models(cfg)
+    run = tmp_path / "runs" / "sft-abc"
+    shutil.copytree(tiny_models["teacher"], run / "checkpoints" / "best")
+    (run / "train_summary.json").write_text("{}")
+    bound = bind_run_models(cfg)
+    assert bound.teacher.path == str(run / "checkpoints" / "best")
+    r = resolve_model(bound.teacher)
+    assert r.entry.chat_template == "plain"  # prompted as the registry's gemma-3-270m
+    assert r.source == bound.teacher.path
+    from uld.ids import run_id
+
+    assert run_id(bound) == run_id(cfg)  # the bound path is not part of the id ...
+    assert run_id(cfg) != run_id(dataclasses.replace(cfg, teacher=ModelConfig(name="gemma-3-270m")))  # ... the run is

@@ -373,6 +373,25 @@ def test_cached_signal_equals_online_forward(full_run, tiny_models):
     assert (cached.probs[0, n:] == 0).all()
 
 
+def test_signal_is_cached_at_the_configured_temperature(tmp_path, tiny_models, data_dir, registry, full_run):
+    cfg, folder = full_run
+    sharp_cfg = _cfg(tmp_path, tiny_models["teacher"], data_dir, signal_temperature=0.5)
+    assert T.RunFolder.for_config(sharp_cfg, kind="teacher").id != folder.name  # a new stage
+    sharp = Path(T.run_teacher_stage(sharp_cfg))
+    answers = pd.read_parquet(folder / "answers.parquet")
+    # greedy answers do not depend on the signal temperature
+    assert pd.read_parquet(sharp / "answers.parquet")["answer"].tolist() == answers["answer"].tolist()
+    model, tok = _load(tiny_models["teacher"])
+    ids = answers["row_id"].tolist()
+    online, _ = T.online_teacher_signal(model, tok, answers["teacher_prompt"].tolist(), answers["answer"].tolist(),
+                                        TOP_K, temperature=0.5)
+    cached, _ = T.TeacherSignalStore(sharp).get(ids)
+    torch.testing.assert_close(cached.probs, online.probs.half().float(), rtol=1e-3, atol=1e-5)
+    assert json.loads((sharp / "generation.json").read_text())["signal"]["temperature"] == 0.5
+    flat, _ = T.TeacherSignalStore(folder).get(ids)
+    assert float(cached.probs[:, :, 0].mean()) > float(flat.probs[:, :, 0].mean())  # sharper
+
+
 def test_uld_loss_with_cache_matches_online_teacher(full_run, tiny_models):
     from uld.data import collate, encode_pair, get_task
 

@@ -472,3 +472,60 @@ def test_teacher_answers_are_required(world, tmp_path):
     cfg = make_config(world["root"], world["models"], method="uld", teacher_signal="cached")
     with pytest.raises(TrainingError, match="teacher_signal=cached"):
         train(cfg, new_run(cfg, tmp_path / "run2"), tmp_path / "no-stage")
+
+
+# ---- options of the headroom study ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method,online", [("sft-teacher", False), ("uld", False), ("uld", True)])
+def test_answer_only_logits_give_the_same_losses_and_gradients(world, method, online):
+    """training.logits=answer projects only the answer-predicting positions: same loss, same gradient."""
+    from uld.training import compute_losses
+
+    results = []
+    for mode in ("all", "answer"):
+        cfg = make_config(world["root"], world["models"], method=method, logits=mode,
+                          teacher_signal="online" if online else "cached", top_k=None)
+        model, teacher, batch, enc_dec, tok = _batch(cfg, world["teacher_dir"], online=online)
+        out = compute_losses(model, batch, cfg.training, encoder_decoder=enc_dec, teacher=teacher, student_eos_id=tok.eos_token_id)
+        out.loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((float(out.loss), float(out.ce), None if out.distill is None else float(out.distill), grads))
+    (l_all, ce_all, d_all, g_all), (l_ans, ce_ans, d_ans, g_ans) = results
+    assert l_ans == pytest.approx(l_all, rel=1e-5) and ce_ans == pytest.approx(ce_all, rel=1e-5)
+    if d_all is not None:
+        assert d_ans == pytest.approx(d_all, rel=1e-5)
+    assert torch.allclose(g_ans, g_all, rtol=1e-4, atol=1e-7)
+
+
+def test_skip_teacher_eos_drops_the_last_cached_position(world):
+    from uld.losses import TeacherSignal, answer_logit_mask, uld_loss
+    from uld.training import compute_losses
+
+    cfg = make_config(world["root"], world["models"], method="uld", skip_teacher_eos=True, reduction="token")
+    model, _, batch, enc_dec, tok = _batch(cfg, world["teacher_dir"])
+    with torch.no_grad():
+        out = compute_losses(model, batch, cfg.training, encoder_decoder=enc_dec, student_eos_id=tok.eos_token_id)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    s_mask = answer_logit_mask(batch["labels"], causal=True, skip_eos=True, eos_token_id=tok.eos_token_id)
+    lengths = batch["signal_lengths"] - 1
+    t_mask = torch.arange(batch["signal_probs"].shape[1])[None] < lengths[:, None]
+    want = uld_loss(logits, TeacherSignal(batch["signal_probs"], batch["signal_tail"]), s_mask, t_mask, reduction="token")
+    assert float(out.distill) == pytest.approx(float(want), rel=1e-6)
+    full = make_config(world["root"], world["models"], method="uld", reduction="token")
+    with torch.no_grad():
+        other = compute_losses(model, batch, full.training, encoder_decoder=enc_dec, student_eos_id=tok.eos_token_id)
+    # the student skips its EOS position too: without skip_teacher_eos the last student answer
+    # token is paired with the teacher's last answer token, with it the pairs end one earlier
+    assert float(other.distill) != pytest.approx(float(out.distill), rel=1e-6)
+
+
+def test_cached_signal_temperature_must_match_the_training_temperature(world, tmp_path):
+    from uld.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="generation.signal_temperature"):
+        load_config(None, ["training.teacher_temperature=0.5"])
+    cfg = load_config(None, ["training.teacher_temperature=0.5", "generation.signal_temperature=0.5"])
+    assert cfg.generation.signal_temperature == 0.5
+    # online ULD re-tempers the logits itself: any temperature is fine
+    load_config(None, ["training.teacher_temperature=0.5", "training.teacher_signal=online"])

@@ -378,6 +378,7 @@ class PoolSplit(tuple):
 def split_pool(
     pool: list[Example],
     *,
+    train_start: int = 0,
     train_size: int | None = None,
     val_fraction: float = 0.1,
     split_seed: int = 42,
@@ -386,7 +387,8 @@ def split_pool(
 ) -> PoolSplit:
     """Cut a training pool into (train, val), in this order:
 
-    1. ``train_size``: keep the first N rows of the pool;
+    1. ``train_start`` / ``train_size``: keep N rows of the pool from row ``train_start`` (default: the
+       first N), so two runs can train on disjoint slices;
     2. hold out ``round(val_fraction * N)`` rows drawn with ``random.Random(split_seed)`` for
        checkpoint selection (both parts keep pool order);
     3. ``train_fraction`` of the remaining train part: the first ``ceil(f * n)`` rows (``"first"``,
@@ -400,8 +402,13 @@ def split_pool(
     if fraction_mode not in ("first", "random"):
         raise ValueError(f"fraction_mode must be 'first' or 'random', got {fraction_mode!r}")
     info: dict[str, Any] = {"pool_size": len(pool)}
-    rows = pool[:train_size] if train_size is not None else list(pool)
+    if train_start < 0:
+        raise ValueError(f"train_start must be >= 0, got {train_start}")
+    rows = pool[train_start:]
+    rows = rows[:train_size] if train_size is not None else rows
     info["after_train_size"] = len(rows)
+    if train_start:
+        info["train_start"] = train_start
     n_val = int(round(val_fraction * len(rows)))
     val_idx = set(random.Random(split_seed).sample(range(len(rows)), n_val))
     val = [ex for i, ex in enumerate(rows) if i in val_idx]
@@ -435,6 +442,7 @@ def training_pool(data_cfg: Any) -> PoolSplit:
     pool = task.load("train", data_cfg.dir)
     out = split_pool(
         pool,
+        train_start=getattr(data_cfg, "train_start", 0),
         train_size=data_cfg.train_size,
         val_fraction=data_cfg.val_fraction,
         split_seed=data_cfg.split_seed,
