@@ -268,23 +268,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from uld.config import ConfigError
+    from uld.errors import UldError
 
-    errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
-    for module, names in (
-        ("uld.data", ("DataError", "ChatTemplateError", "PromptTooLong")),
-        ("uld.metrics", ("MetricInputError",)),
-        ("uld.evaluation", ("EvaluationError",)),
-        ("uld.results", ("ResultsError",)),
-        ("uld.teacher", ("TeacherError",)),
-        ("uld.training", ("TrainingError",)),
-    ):
-        try:
-            mod = __import__(module, fromlist=list(names))
-        except ImportError:  # pragma: no cover - optional pieces missing in a broken install
-            continue
-        errors.extend(getattr(mod, n) for n in names if isinstance(getattr(mod, n, None), type))
-    return tuple(errors)
+    return (UldError, FileNotFoundError)
 
 
 if __name__ == "__main__":  # pragma: no cover

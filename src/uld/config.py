@@ -41,8 +41,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key (dotted path) and the source file."""
+from uld.errors import ConfigError  # noqa: E402  (re-exported: the class lives in uld.errors)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -48,8 +48,7 @@ __all__ = [
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
 
 
-class EvaluationError(ValueError):
-    """An evaluation cannot run as asked (missing checkpoint, tokenizer, ...); the message says how to fix it."""
+from uld.errors import EvaluationError  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------------

@@ -77,8 +77,7 @@ METRIC_GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
-class MetricInputError(ValueError):
-    """Bad metric input; the message names the row and field."""
+from uld.errors import MetricInputError  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------------

@@ -79,12 +79,7 @@ REFERENCE_ENV = "ULD_REFERENCE_TSV"
 DEFAULT_REFERENCE = _REPO_ROOT / "results" / "reference" / "author_results.tsv"
 
 
-class ResultsError(ValueError):
-    """A malformed or inconsistent record; the message names the file (and row or field)."""
-
-
-class RunLocked(RuntimeError):
-    """Another process holds the lock of a run folder (raised by non-blocking :meth:`RunFolder.lock`)."""
+from uld.errors import ResultsError, RunLocked  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------------

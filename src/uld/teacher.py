@@ -89,8 +89,7 @@ SCHEMA_VERSION = 1
 KEPT, EMPTY, TOO_LONG = "kept", "empty", "too_long"
 
 
-class TeacherStageError(RuntimeError):
-    """The teacher stage cannot go on: names the stage folder, chunk file or row at fault."""
+from uld.errors import TeacherStageError  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------------

@@ -130,27 +130,7 @@ DISTILL_LOG_KEY = {"uld": "uld", "uld-ot": "uld", "kd-kl": "kl"}
 STATE_FILE = "trainer.json"
 
 
-class TrainingError(RuntimeError):
-    """A training run cannot start or continue; the message says why and what to change."""
-
-
-class RowMismatchError(TrainingError):
-    """Student and teacher sides of a batch do not come from the same rows."""
-
-
-class ResumeError(TrainingError):
-    """The saved training state does not match this run (config or world size)."""
-
-
-class TrainingDiverged(TrainingError):
-    """The loss became NaN or infinite. ``step``: optimizer steps done; ``row_ids``: the batch."""
-
-    def __init__(self, step: int, row_ids: list[str], checkpoint: Optional[Path], value: float):
-        self.step, self.row_ids, self.checkpoint, self.value = step, row_ids, checkpoint, value
-        super().__init__(
-            f"loss is {value} at optimizer step {step} (batch rows: {row_ids}); "
-            f"weights before this batch saved to {checkpoint}"
-        )
+from uld.errors import ResumeError, RowMismatchError, TrainingDiverged, TrainingError  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------------

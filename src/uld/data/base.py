@@ -9,6 +9,8 @@ one line in :data:`TASKS` (``uld/data/__init__.py`` registers the built-in ones)
 
 from __future__ import annotations
 
+from uld.errors import DataError
+
 import logging
 import math
 import os
@@ -39,17 +41,6 @@ __all__ = [
     "test_split",
     "split_pool",
 ]
-
-
-class DataError(ValueError):
-    """A data problem. The message names task, split, row id and field, so the row can be found."""
-
-    def __init__(self, message: str, *, task: str = "", split: str = "", row: str = "", field: str = ""):
-        self.task, self.split, self.row, self.field = task, split, row, field
-        where = ", ".join(
-            f"{k} {v!r}" for k, v in (("task", task), ("split", split), ("row", row), ("field", field)) if v
-        )
-        super().__init__(f"{where}: {message}" if where else message)
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,7 @@ SYSTEM_PROMPTS: dict[str, str] = {
 }
 
 
-class ChatTemplateError(ValueError):
-    """No usable chat template, an unknown template name, or messages in an unsupported order."""
+from uld.errors import ChatTemplateError  # noqa: E402
 
 
 Messages = list[dict]

@@ -21,20 +21,14 @@ Length limit: only the context part of the prompt is shortened (from its end), n
 
 from __future__ import annotations
 
+from uld.errors import PromptTooLong
+
 from dataclasses import dataclass
 from typing import Sequence
 
 __all__ = ["IGNORE_INDEX", "Encoded", "PromptTooLong", "special_affixes", "encode_prompt", "encode_pair", "collate"]
 
 IGNORE_INDEX = -100
-
-
-class PromptTooLong(ValueError):
-    """The item cannot fit in ``max_length`` tokens even with its context removed."""
-
-    def __init__(self, message: str, *, n_tokens: int, max_length: int):
-        super().__init__(message)
-        self.n_tokens, self.max_length = n_tokens, max_length
 
 
 @dataclass
