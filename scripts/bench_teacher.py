@@ -29,7 +29,7 @@ from uld.generation import greedy_generate
 from uld.config import DataConfig, ModelConfig
 from uld.data import get_task, training_pool
 from uld.models import load_model, load_tokenizer, resolve_model
-from uld.results import atomic_write_json, atomic_write_text
+from uld.io import atomic_write_json, atomic_write_text
 
 
 def main() -> None:

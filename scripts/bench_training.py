@@ -25,7 +25,7 @@ import torch
 
 from uld.config import TrainingConfig
 from uld.models import ModelEntry, ResolvedModel, load_model, load_tokenizer
-from uld.results import atomic_write_json, atomic_write_text
+from uld.io import atomic_write_json, atomic_write_text
 from uld.training import DistillationCollator, EncodedItem, compute_losses
 
 REPO = Path(__file__).resolve().parents[1]

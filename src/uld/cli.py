@@ -199,7 +199,7 @@ def cmd_evaluate(args) -> int:
     if not args.config:
         raise SystemExit("uld evaluate needs CONFIG, --checkpoint DIR --task T, or --rescore FILE")
     from uld.config import ConfigError, expand_grid
-    from uld.results import RunFolder
+    from uld.store import RunFolder
 
     cfg = _load(args)
     for point in expand_grid(cfg):

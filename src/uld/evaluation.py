@@ -29,7 +29,8 @@ from typing import Any, Iterable, Optional, Sequence
 from uld.config import EvaluationConfig, ExperimentConfig, ModelConfig
 from uld.generation import greedy_generate, keep_first_line  # noqa: F401  (keep_first_line re-exported)
 from uld.metrics import aggregate, bertscore_settings, rescore_file, score_examples
-from uld.results import RunFolder, atomic_write_json, atomic_write_text
+from uld.io import atomic_write_json, atomic_write_text
+from uld.store import RunFolder
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Iterable
 
 from uld.config import ExperimentConfig, expand_grid
-from uld.results import RunFolder, atomic_write_json
+from uld.io import atomic_write_json
+from uld.store import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def write_study_report(cfg: ExperimentConfig, runs: list[RunFolder]) -> list[Pat
     import pandas as pd
     import seaborn as sns
 
-    from uld.results import atomic_write_text
+    from uld.io import atomic_write_text
 
     varying = list(cfg.grid)
     rows = []

@@ -30,16 +30,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from uld.config import ExperimentConfig, expand_grid, load_config
-from uld.results import (
-    SETTINGS,
-    RunFolder,
-    atomic_write_text,
-    describe_config,
-    find_run,
-    load_reference,
-    load_results,
-    store_info,
-)
+from uld.io import atomic_write_text
+from uld.reference import load_reference
+from uld.results import SETTINGS, describe_config, load_results
+from uld.store import RunFolder, find_run, store_info
 
 log = logging.getLogger(__name__)
 
@@ -1055,7 +1049,8 @@ def question_scores(run: RunFolder | str | os.PathLike, metric: str = "f1") -> d
     file raises FileNotFoundError; a row without an id or the metric, a repeated id, or a row count that
     disagrees with ``scores.json``'s ``n`` raise :class:`uld.results.ResultsError` naming file and row.
     """
-    from uld.results import ResultsError, read_json, read_jsonl
+    from uld.errors import ResultsError
+    from uld.io import read_json, read_jsonl
 
     run = run if isinstance(run, RunFolder) else RunFolder(run)
     path = run.file("eval", "predictions.jsonl")
@@ -1081,7 +1076,7 @@ def question_scores(run: RunFolder | str | os.PathLike, metric: str = "f1") -> d
 
 def _seed_mean_per_question(runs: Sequence[RunFolder], metric: str) -> dict[str, float]:
     """Per-question score averaged over the runs of one cell; every run must cover the same questions."""
-    from uld.results import ResultsError
+    from uld.errors import ResultsError
 
     per_run = [question_scores(r, metric) for r in runs]
     ids = set(per_run[0])
@@ -1109,7 +1104,7 @@ def paired_contrast(
     seeds, then the two cells are paired by question id and :func:`paired_bootstrap_ci` resamples the
     questions. Both cells must cover the same questions (else :class:`uld.results.ResultsError`).
     """
-    from uld.results import ResultsError
+    from uld.errors import ResultsError
 
     if not runs_a or not runs_b:
         raise ValueError("both cells need at least one run")

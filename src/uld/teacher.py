@@ -56,7 +56,8 @@ from uld.data.teacher_prompts import (
 )
 from uld.generation import GenerationOutput, greedy_generate, keep_first_line
 from uld.losses import TeacherSignal
-from uld.results import RunFolder, atomic_write_json, atomic_write_text
+from uld.io import atomic_write_json, atomic_write_text
+from uld.store import RunFolder
 
 if TYPE_CHECKING:  # pragma: no cover
     from uld.data import Example

@@ -96,7 +96,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from uld.config import ExperimentConfig, TrainingConfig
 from uld.ids import resume_key
-from uld.results import RunFolder, append_jsonl, atomic_write_json, atomic_write_text
+from uld.io import append_jsonl, atomic_write_json, atomic_write_text
+from uld.store import RunFolder
 
 log = logging.getLogger(__name__)
 

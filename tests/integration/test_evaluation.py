@@ -11,7 +11,7 @@ import pytest
 from uld.config import EvaluationConfig, ExperimentConfig, from_dict
 from uld.evaluation import EvaluationError, evaluate_checkpoint, evaluate_run, generate_predictions
 from uld.generation import keep_first_line
-from uld.results import RunFolder
+from uld.store import RunFolder
 
 FAST = dict(metrics=["f1", "em", "rouge"], max_new_tokens=8, batch_size=3)
 

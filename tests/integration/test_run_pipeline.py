@@ -16,7 +16,7 @@ from uld.cli import main
 from uld.config import load_config
 from uld.data import test_split
 from uld.ids import teacher_stage_id
-from uld.results import RunFolder
+from uld.store import RunFolder
 
 REPO = Path(__file__).resolve().parents[2]
 # the real SQuAD files when ../shared is there (enough rows for a validation hold-out), else the fixtures

@@ -15,7 +15,7 @@ import pandas as pd
 from uld.cli import main
 from uld.config import expand_grid, load_config
 from uld.ids import run_id, teacher_stage_id
-from uld.results import RunFolder
+from uld.store import RunFolder
 
 REPO = Path(__file__).resolve().parents[2]
 HEADROOM = REPO / "experiments" / "headroom"

@@ -26,7 +26,7 @@ WORKER = textwrap.dedent(
     import hashlib, sys
     from pathlib import Path
     from uld.config import load_config
-    from uld.results import RunFolder
+    from uld.store import RunFolder
     from uld import training as TR
 
     cfg = load_config(sys.argv[1] + "/config.yaml")

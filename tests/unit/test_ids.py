@@ -11,7 +11,7 @@ import yaml
 
 from uld import ids
 from uld.config import ExperimentConfig, TrainingConfig, GenerationConfig, apply_overrides, expand_grid, from_dict, load_config, migrate, to_dict
-from uld.results import RunFolder
+from uld.store import RunFolder
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULTS = REPO / "tests" / "fixtures" / "id_defaults.json"

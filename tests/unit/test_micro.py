@@ -22,7 +22,9 @@ from uld.reporting import (
     seed_summary,
 )
 from uld.ids import run_id
-from uld.results import ResultsError, RunFolder, atomic_write_json, atomic_write_text
+from uld.errors import ResultsError
+from uld.io import atomic_write_json, atomic_write_text
+from uld.store import RunFolder
 
 # --------------------------------------------------------------------------------------------------
 # Bootstrap

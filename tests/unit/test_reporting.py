@@ -11,7 +11,9 @@ import pytest
 from uld import reporting
 from uld.config import expand_grid, load_config
 from uld.ids import run_id
-from uld.results import RunFolder, load_reference, load_results
+from uld.reference import load_reference
+from uld.results import load_results
+from uld.store import RunFolder
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "fixtures" / "store"

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from uld.config import ExperimentConfig, apply_overrides, from_dict
-from uld.results import RunFolder
+from uld.store import RunFolder
 
 TOP_K = 16
 _WORDS = "the river city tower north king queen music paris school church science war army law".split()
