@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from uld import teacher as T
+from uld.data import encode_teacher_prompt, teacher_prompt
+from uld.signal import signal_rows
 from uld.generation import greedy_generate
 from uld.config import DataConfig, ModelConfig
 from uld.data import get_task, training_pool
@@ -54,9 +55,9 @@ def main() -> None:
     train, _ = training_pool(data_cfg)
     task = get_task(args.task)
     prompts = [
-        T.teacher_prompt(task, ex, train, resolved.entry, tok, args.shots, False, data_cfg.split_seed) for ex in train
+        teacher_prompt(task, ex, train, resolved.entry, tok, args.shots, False, data_cfg.split_seed) for ex in train
     ]
-    prompt_ids = [T.encode_teacher_prompt(tok, p) for p in prompts]
+    prompt_ids = [encode_teacher_prompt(tok, p) for p in prompts]
 
     # warm-up: first calls pay for allocator growth and kernel selection
     greedy_generate(model, tok, prompt_ids[:2], max_new_tokens=2, batch_size=2)
@@ -86,7 +87,7 @@ def main() -> None:
     answers = answers_by_bs[8 if 8 in answers_by_bs else ref_bs]
     kept = [i for i, a in enumerate(answers) if a]
     start = time.perf_counter()
-    rows = T.signal_rows(model, tok, [prompts[i] for i in kept], [answers[i] for i in kept], args.top_k, batch_size=8)
+    rows = signal_rows(model, tok, [prompts[i] for i in kept], [answers[i] for i in kept], args.top_k, batch_size=8)
     signal_s = time.perf_counter() - start
     probs = torch.cat([p for p, _ in rows]).numpy()
     tail = torch.cat([t for _, t in rows]).numpy()

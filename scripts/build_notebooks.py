@@ -28,11 +28,11 @@ matplotlib.use("Agg")  # headless: figures are saved, not shown
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-from uld import reporting, results
+from uld import reporting, results, store
 
 STORE = reporting.results_dir()
 FIGURES = reporting.figures_dir(STORE)
-FIXTURE = results.store_info(STORE).get("fixture", False)
+FIXTURE = store.store_info(STORE).get("fixture", False)
 sns.set_theme(context="paper", style="whitegrid")
 print(f"store: {STORE}  figures: {FIGURES}  fixture: {FIXTURE}")
 

@@ -2,7 +2,7 @@
 
 Every subcommand that takes an experiment config accepts dotted overrides after it, e.g.
 
-    uld run experiments/smoke.yaml training.lr=2e-6 data.train_size=32
+    uld run experiments/smoke.yaml training.optim.lr=2e-6 data.train_size=32
 
 Run ``uld <command> --help`` for each command's options.
 """
@@ -19,7 +19,7 @@ from uld import __version__
 
 EPILOG_OVERRIDES = (
     "Overrides: any config field as dotted key=value after the config file, e.g. "
-    "training.lr=2e-6 student.path=/models/smollm2 grid='{training.lam: [0, 1.5]}'. "
+    "training.optim.lr=2e-6 student.path=/models/smollm2 grid='{training.lam: [0, 1.5]}'. "
     "Environment: ULD_MODELS_DIR (folder of local model folders), ULD_DATA_DIR (local data folder)."
 )
 
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo stages whose outputs exist")
     p.add_argument("--stages", default="teacher,train,evaluate", help="comma-separated subset of teacher,train,evaluate")
     p.add_argument("--no-resume", action="store_true", help="start training from scratch even if a checkpoint exists")
+    p.add_argument("--wait", action="store_true", help="wait for another process computing the same run instead of failing")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("generate", help="teacher answers (+ cached teacher signal) for a config",
@@ -65,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "top-k sorted probabilities. Resumable; shard with `accelerate launch`.",
                        epilog=EPILOG_OVERRIDES)
     _config_args(p)
-    p.add_argument("--force", action="store_true", help="regenerate even if the stage is complete")
+    p.add_argument("--force", action="store_true", help="regenerate even if the stage is complete (built beside the old one)")
+    p.add_argument("--wait", action="store_true", help="wait for another process generating the same stage instead of failing")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("train", help="train the student of a config (one grid point)",
@@ -73,8 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "it). Use `accelerate launch -m uld train ...` for several GPUs/processes.",
                        epilog=EPILOG_OVERRIDES)
     _config_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from checkpoints/state")
-    p.add_argument("--force-resume", action="store_true", help="resume even if the saved config differs")
+    p.add_argument("--resume", action="store_true", help="continue from checkpoints/state (the default; kept for old scripts)")
+    p.add_argument("--no-resume", action="store_true", help="start over; the old records stay until the new training is done")
+    p.add_argument("--force", action="store_true", help="retrain a finished run (built beside the old records, then swapped in)")
+    p.add_argument("--force-resume", action="store_true", help="resume even if the saved config or world size differs")
+    p.add_argument("--wait", action="store_true", help="wait for another process training the same run instead of failing")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="generate and score on a task's test split",
@@ -93,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder for predictions and scores")
     p.add_argument("--rescore", help="predictions.jsonl to score (ours or the authors' format)")
     p.add_argument("--protocol", default="authors", choices=["authors", "complete"], help="reference protocol")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--force", action="store_true", help="re-evaluate (a run) or replace the scores in --out")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("table", help="build a paper table (runs what is missing)",
@@ -106,6 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo runs that exist")
     p.add_argument("--out", help="folder for the table files (default: STORE/tables)")
     p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("store", help="check or migrate a results store",
+                       description="`uld store check` verifies every run and teacher-stage folder against the id "
+                       "its config gives today and lists orphans, unfinished runs and leftovers of interrupted "
+                       "writers (exit 1 when there are orphans). `uld store migrate` rewrites configs stored by "
+                       "an older schema in today's layout (--apply; ids do not change).")
+    ssub = p.add_subparsers(dest="store_command", metavar="SUBCOMMAND")
+    ssub.required = True
+    for name, func, text in (("check", cmd_store_check, "verify ids, list orphans"),
+                             ("migrate", cmd_store_migrate, "rewrite old-schema configs")):
+        q = ssub.add_parser(name, help=text, description=text)
+        q.add_argument("--store", default="results", help="results store root (default: results)")
+        if name == "migrate":
+            q.add_argument("--apply", action="store_true", help="rewrite the files (default: only list them)")
+        q.set_defaults(func=func)
 
     p = sub.add_parser("data", help="inspect tasks", description="Inspect the paper's tasks.")
     dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
@@ -136,7 +156,7 @@ def cmd_run(args) -> int:
 
     cfg = _load(args)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    runs = run_experiment(cfg, force=args.force, stages=stages, resume=not args.no_resume)
+    runs = run_experiment(cfg, force=args.force, stages=stages, resume=not args.no_resume, wait=args.wait)
     for r in runs:
         print(f"run: {r.path}")
     return 0
@@ -155,7 +175,7 @@ def cmd_generate(args) -> int:
         if teacher_stage_id(point) in seen:
             continue
         seen.add(teacher_stage_id(point))
-        print(f"teacher answers: {run_teacher_stage(point, force=args.force)}")
+        print(f"teacher answers: {run_teacher_stage(point, force=args.force, wait=args.wait)}")
     return 0
 
 
@@ -166,7 +186,8 @@ def cmd_train(args) -> int:
     cfg = _load(args)
     if cfg.grid:
         raise ConfigError("`uld train` takes one grid point: pin the grid keys with overrides or use `uld run`")
-    run = run_point(cfg, stages=("teacher", "train"), resume=args.resume, force_resume=args.force_resume)
+    run = run_point(cfg, stages=("teacher", "train"), resume=not args.no_resume, force=args.force,
+                    force_resume=args.force_resume, wait=args.wait)
     print(f"run: {run.path}")
     return 0
 
@@ -174,6 +195,13 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from uld import evaluation
 
+    from uld.data import get_task
+    from uld.errors import EvaluationError
+
+    if args.task:
+        get_task(args.task)  # an unknown task is an error naming the known ones
+    if args.test_size is not None and args.test_size <= 0:
+        raise EvaluationError(f"--test-size must be a positive number of items, got {args.test_size}")
     if args.rescore:
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
         scores = evaluation.rescore_file(args.rescore, task=args.task, protocol=args.protocol, metrics=metrics)
@@ -193,6 +221,7 @@ def cmd_evaluate(args) -> int:
             out_dir=args.out or str(Path("results") / "evals" / Path(args.checkpoint).name),
             tokenizer=args.tokenizer,
             eval_cfg=EvaluationConfig(metrics=metrics, references=args.protocol),
+            force=args.force,
         )
         print(json.dumps(scores, indent=2))
         return 0
@@ -219,6 +248,25 @@ def cmd_table(args) -> int:
     argv += ["--report-only"] * args.report_only + ["--force"] * args.force
     argv += ["--out", args.out] if args.out else []
     return table_script(args.name, argv)
+
+
+def cmd_store_check(args) -> int:
+    from uld.store import check_store
+
+    report = check_store(args.store)
+    print(report.format())
+    return 0 if report.clean else 1
+
+
+def cmd_store_migrate(args) -> int:
+    from uld.store import migrate_store
+
+    changed = migrate_store(args.store, apply=args.apply)
+    verb = "rewrote" if args.apply else "would rewrite (pass --apply)"
+    print(f"{verb} {len(changed)} config(s) stored by an older schema")
+    for path in changed:
+        print(f"  {path}")
+    return 0
 
 
 def cmd_data_summary(args) -> int:

@@ -1,7 +1,7 @@
 """Typed experiment configuration.
 
 One schema (nested dataclasses) is filled from YAML, then dotted command-line overrides
-(``training.lr=2e-6``) are applied on top, then the result is validated. Unknown keys and values of
+(``training.optim.lr=2e-6``) are applied on top, then the result is validated. Unknown keys and values of
 the wrong type are errors that name the key and the file they came from. The resolved config is what
 every run folder stores (``config.yaml``) and what run ids are hashed from.
 
@@ -11,14 +11,23 @@ Dependency rule: this module imports nothing from the rest of the package.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Iterator, Literal, Optional, Union
 
 import yaml
+
+from uld.data import TASKS
+from uld.errors import ConfigError
+from uld.methods import METHOD_NAMES, get_method
+from uld.metrics import METRIC_GROUPS
+
+MethodName = Literal[METHOD_NAMES]  # type: ignore[valid-type]  # the names of uld.methods.METHODS
 
 __all__ = [
     "ConfigError",
@@ -26,6 +35,10 @@ __all__ = [
     "DataConfig",
     "GenerationConfig",
     "TrainingConfig",
+    "OptimConfig",
+    "DistillConfig",
+    "OTConfig",
+    "CheckpointConfig",
     "EvaluationConfig",
     "ExperimentConfig",
     "load_config",
@@ -41,7 +54,6 @@ __all__ = [
 ]
 
 
-from uld.errors import ConfigError  # noqa: E402  (re-exported: the class lives in uld.errors)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -92,23 +104,31 @@ class GenerationConfig:
 
     max_new_tokens: int = 150
     batch_size: int = 8
-    do_sample: bool = False
     first_line: bool = True
     top_k_signal: int = 256  # teacher signal cache: top-k sorted probabilities kept per answer token
     signal_temperature: float = 1.0  # the cache holds softmax(teacher logits / T): T < 1 sharpens the teacher
     store_signal: bool = True
     chunk_size: int = 256  # rows per resumable chunk
-    backend: Literal["hf", "vllm"] = "hf"
 
 
 @dataclass
-class TrainingConfig:
-    """Student training. Defaults are the paper's (decoder students, lr preset ``paper``)."""
+class OptimConfig:
+    """Optimizer and schedule (paper: AdamW, OneCycle per optimizer step, lr 1e-6)."""
 
-    method: Literal["none", "sft-gold", "sft-teacher", "uld", "kd-kl", "uld-ot"] = "uld"
-    lam: float = 1.5
-    teacher_signal: Literal["cached", "online"] = "cached"
-    top_k: Optional[int] = None  # None: exact ULD over full vocabularies (online teacher only)
+    lr: float = 1e-6
+    lr_preset: Optional[Literal["paper", "authors-jobs"]] = None  # paper: 1e-6, authors' jobs: 2e-6
+    weight_decay: float = 0.1
+    max_grad_norm: Optional[float] = 1.0  # None: no clipping
+    warmup_ratio: float = 0.1
+    scheduler: Literal["onecycle", "constant", "linear"] = "onecycle"
+
+
+@dataclass
+class DistillConfig:
+    """How the distillation term compares student and teacher (methods uld, kd-kl, uld-ot)."""
+
+    teacher_signal: Literal["cached", "online"] = "cached"  # cached: the teacher stage's top-k signal (uld)
+    top_k: Optional[int] = None  # None: exact ULD over full vocabularies (online), the cache's width (cached)
     alignment: Literal["positional", "offsets"] = "positional"
     reduction: Literal["sample", "token", "sum"] = "sample"
     student_temperature: float = 1.0
@@ -116,25 +136,22 @@ class TrainingConfig:
     skip_student_eos: bool = True
     skip_teacher_eos: bool = False  # drop the teacher position that predicts its EOS (chat teachers without EOS)
     loss_chunk_size: Optional[int] = None
-    ot_cost: Literal["uniform", "levenshtein", "embedding"] = "uniform"
-    ot_top_k: int = 32
-    ot_solver: Literal["emd", "sinkhorn"] = "emd"
-    ot_embedding_model: Optional[str] = None
-    # "answer": project only the positions that predict answer tokens onto the vocabulary (same losses,
-    # several times faster with large vocabularies); "all": the full [B, T, V] logits
-    logits: Literal["all", "answer"] = "all"
-    lr: float = 1e-6
-    lr_preset: Optional[Literal["paper", "authors-jobs"]] = None  # paper: 1e-6, authors' jobs: 2e-6
-    weight_decay: float = 0.1
-    epochs: float = 5.0
-    max_steps: Optional[int] = None
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_grad_norm: Optional[float] = 1.0
-    warmup_ratio: float = 0.1
-    scheduler: Literal["onecycle", "constant", "linear"] = "onecycle"
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    seed: int = 42
+
+
+@dataclass
+class OTConfig:
+    """Optimal transport with a token cost (method uld-ot)."""
+
+    cost: Literal["uniform", "levenshtein", "embedding"] = "uniform"
+    top_k: int = 32
+    solver: Literal["emd", "sinkhorn"] = "emd"
+    embedding_model: Optional[str] = None  # cost=embedding: a token-embedding model (Hub id or local folder)
+
+
+@dataclass
+class CheckpointConfig:
+    """When to validate and save, which checkpoint to keep."""
+
     eval_every: Optional[int] = None  # optimizer steps between validation passes (None: each epoch)
     save_every: Optional[int] = None  # optimizer steps between resumable checkpoints (None: each epoch)
     select: Literal["best_val_loss", "last"] = "best_val_loss"
@@ -142,6 +159,27 @@ class TrainingConfig:
     # checkpoints/state (weights, optimizer, RNG: ~3x the model) only serves to resume an interrupted run;
     # a finished run keeps just its trainer.json unless this is set, so a study of many runs fits on disk
     keep_state: bool = False
+
+
+@dataclass
+class TrainingConfig:
+    """Student training. Defaults are the paper's (decoder students, lr preset ``paper``)."""
+
+    method: MethodName = "uld"  # see uld.methods
+    lam: float = 1.5
+    epochs: float = 5.0
+    max_steps: Optional[int] = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # "answer": project only the positions that predict answer tokens onto the vocabulary (same losses,
+    # several times faster with large vocabularies); "all": the full [B, T, V] logits
+    logits: Literal["all", "answer"] = "all"
+    seed: int = 42
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    ot: OTConfig = field(default_factory=OTConfig)
+    checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
     log_every: int = 10
     num_workers: int = 0
     trackers: list[str] = field(default_factory=list)  # e.g. ["tensorboard", "wandb"]
@@ -188,8 +226,19 @@ class ExperimentConfig:
 # Schema history. RENAMED: legacy dotted path -> current dotted path (stored configs are migrated on
 # read and the field keeps being hashed under its legacy path, see uld.ids). RETIRED: removed field ->
 # the only value the code still implements (a stored config holding another value is refused).
-RENAMED: dict[str, str] = {}
-RETIRED: dict[str, Any] = {}
+RENAMED: dict[str, str] = {
+    **{f"training.{k}": f"training.optim.{k}" for k in ("lr", "lr_preset", "weight_decay", "max_grad_norm", "warmup_ratio", "scheduler")},
+    **{f"training.{k}": f"training.distill.{k}" for k in (
+        "teacher_signal", "top_k", "alignment", "reduction", "student_temperature", "teacher_temperature",
+        "skip_student_eos", "skip_teacher_eos", "loss_chunk_size")},
+    **{f"training.ot_{k}": f"training.ot.{k}" for k in ("top_k", "solver", "embedding_model")},
+    "training.ot_cost": "training.ot.cost",
+    **{f"training.{k}": f"training.checkpoints.{k}" for k in ("eval_every", "save_every", "select", "keep_last", "keep_state")},
+}
+RETIRED: dict[str, Any] = {
+    "generation.do_sample": False,  # decoding is greedy, always (the paper's protocol)
+    "generation.backend": "hf",  # generation runs on transformers; the untested vLLM path was removed
+}
 
 # --------------------------------------------------------------------------------------------------
 # Generic dataclass <-> dict machinery
@@ -304,7 +353,7 @@ def _parse_override_value(text: str) -> Any:
 
 
 def apply_overrides(cfg: Any, overrides: list[str] | dict[str, Any], *, source: str = "command line") -> Any:
-    """Return a copy of ``cfg`` with dotted overrides applied (``["training.lr=2e-6", ...]`` or a dict)."""
+    """Return a copy of ``cfg`` with dotted overrides applied (``["training.optim.lr=2e-6", ...]`` or a dict)."""
     data = to_dict(cfg)
     items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides]
     for key, value in items:
@@ -322,6 +371,11 @@ def _split_override(text: str) -> tuple[str, str]:
 
 
 def _set_dotted(data: dict, key: str, value: Any, source: str) -> None:
+    if key in RENAMED:
+        warnings.warn(f"'{key}' ({source}) is now '{RENAMED[key]}'", FutureWarning, stacklevel=3)
+        key = RENAMED[key]
+    if key == "grid" and isinstance(value, dict):
+        value = {RENAMED.get(k, k): v for k, v in value.items()}
     parts = key.split(".")
     node = data
     for i, part in enumerate(parts[:-1]):
@@ -335,15 +389,20 @@ def _set_dotted(data: dict, key: str, value: Any, source: str) -> None:
     node[last] = value
 
 
-def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
+def load_yaml_config(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML file into a dict, following ``base:`` (a path relative to the file) recursively."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}" + (f" (the base of {_seen[-1]})" if _seen else ""))
+    if path.resolve() in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path.resolve()))
+        raise ConfigError(f"{path}: its 'base:' chain comes back to itself ({chain})")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     base = data.pop("base", None)
@@ -352,7 +411,9 @@ def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
     bases = base if isinstance(base, list) else [base]
     merged: dict[str, Any] = {}
     for b in bases:
-        merged = _deep_merge(merged, load_yaml_config(path.parent / b))
+        if not isinstance(b, str):
+            raise ConfigError(f"{path}: 'base' must be a file name or a list of them, got {b!r}")
+        merged = _deep_merge(merged, load_yaml_config(path.parent / b, (*_seen, path.resolve())))
     return _deep_merge(merged, data)
 
 
@@ -434,43 +495,51 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     return cfg
 
 
+# (dotted key, rule) pairs: "pos" > 0, "nonneg" >= 0, "unit" in [0, 1); None values are allowed
+# where the field is Optional.
+_RANGES = (
+    ("data.train_size", "pos"), ("data.test_size", "pos"), ("data.train_start", "nonneg"), ("data.max_length", "pos"),
+    ("data.teacher_shots", "nonneg"), ("data.val_fraction", "unit"),
+    ("generation.max_new_tokens", "pos"), ("generation.batch_size", "pos"), ("generation.chunk_size", "pos"),
+    ("generation.top_k_signal", "pos"), ("generation.signal_temperature", "pos"),
+    ("training.lam", "nonneg"), ("training.epochs", "pos"), ("training.max_steps", "pos"), ("training.batch_size", "pos"),
+    ("training.grad_accum", "pos"), ("training.log_every", "pos"), ("training.num_workers", "nonneg"),
+    ("training.optim.lr", "pos"), ("training.optim.weight_decay", "nonneg"), ("training.optim.max_grad_norm", "pos"),
+    ("training.optim.warmup_ratio", "unit"),
+    ("training.distill.top_k", "pos"), ("training.distill.student_temperature", "pos"),
+    ("training.distill.teacher_temperature", "pos"), ("training.distill.loss_chunk_size", "pos"),
+    ("training.ot.top_k", "pos"), ("training.checkpoints.eval_every", "pos"), ("training.checkpoints.save_every", "pos"),
+    ("evaluation.shots", "nonneg"), ("evaluation.batch_size", "pos"), ("evaluation.max_new_tokens", "pos"),
+    ("evaluation.bertscore_batch_size", "pos"), ("evaluation.bertscore_num_layers", "pos"),
+)
+_RULES = {"pos": (lambda v: v > 0, "must be > 0"), "nonneg": (lambda v: v >= 0, "must be >= 0"),
+          "unit": (lambda v: 0 <= v < 1, "must be in [0, 1)")}
+
+
 def validate(cfg: ExperimentConfig, source: str = "") -> None:
-    """Cross-field checks the type system cannot express."""
+    """Cross-field checks the type system cannot express; the error names the key and the file."""
     where = f" in {source}" if source else ""
 
     def bad(key: str, msg: str) -> ConfigError:
         return ConfigError(f"'{key}'{where}: {msg}")
 
+    for key, value in _leaves(to_dict(cfg)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise bad(key, f"must be a finite number, got {value}")
+    for key, rule in _RANGES:
+        value = _get_dotted(cfg, key)
+        ok, msg = _RULES[rule]
+        if value is not None and not ok(value):
+            raise bad(key, f"{msg}, got {value}")
     if not 0 < cfg.data.train_fraction <= 1:
         raise bad("data.train_fraction", f"must be in (0, 1], got {cfg.data.train_fraction}")
-    if not 0 <= cfg.data.val_fraction < 1:
-        raise bad("data.val_fraction", f"must be in [0, 1), got {cfg.data.val_fraction}")
-    for key in ("data.train_size", "data.test_size"):
-        v = _get_dotted(cfg, key)
-        if v is not None and v <= 0:
-            raise bad(key, f"must be positive, got {v}")
-    if cfg.training.lam < 0:
-        raise bad("training.lam", f"must be >= 0, got {cfg.training.lam}")
-    if cfg.training.top_k is not None and cfg.training.top_k <= 0:
-        raise bad("training.top_k", "must be a positive integer or null")
-    for key in ("training.student_temperature", "training.teacher_temperature", "training.lr"):
-        if _get_dotted(cfg, key) <= 0:
-            raise bad(key, "must be > 0")
-    if cfg.training.batch_size <= 0 or cfg.training.grad_accum <= 0:
-        raise bad("training.batch_size", "batch_size and grad_accum must be positive")
-    if cfg.generation.top_k_signal <= 0:
-        raise bad("generation.top_k_signal", "must be positive")
-    if not cfg.generation.signal_temperature > 0:
-        raise bad("generation.signal_temperature", f"must be > 0, got {cfg.generation.signal_temperature}")
-    if cfg.data.train_start < 0:
-        raise bad("data.train_start", f"must be >= 0, got {cfg.data.train_start}")
-    t = cfg.training
-    if t.method == "uld" and t.teacher_signal == "cached" and t.teacher_temperature != cfg.generation.signal_temperature:
-        raise bad(
-            "training.teacher_temperature",
-            f"is {t.teacher_temperature} but the cached teacher signal is computed at generation.signal_temperature="
-            f"{cfg.generation.signal_temperature}; set both to the temperature you want",
-        )
+    if cfg.data.task not in TASKS:
+        raise bad("data.task", f"unknown task {cfg.data.task!r} (one of {', '.join(sorted(TASKS))})")
+    unknown = [m for m in cfg.evaluation.metrics if m not in METRIC_GROUPS]
+    if unknown:
+        raise bad("evaluation.metrics", f"unknown metric(s) {unknown} (known: {', '.join(sorted(METRIC_GROUPS))})")
+    for key, problem in get_method(cfg.training.method).check(cfg):
+        raise bad(key, problem)
     for key in cfg.grid:
         try:
             _get_dotted(cfg, key)
@@ -478,6 +547,14 @@ def validate(cfg: ExperimentConfig, source: str = "") -> None:
             raise ConfigError(f"grid key '{key}'{where} is not a config field") from None
         if not isinstance(cfg.grid[key], list) or not cfg.grid[key]:
             raise ConfigError(f"grid key '{key}'{where} must map to a non-empty list")
+
+
+def _leaves(tree: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for k, v in tree.items():
+        if isinstance(v, dict) and k != "grid":
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
 
 
 def _get_dotted(cfg: Any, key: str) -> Any:

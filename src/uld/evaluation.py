@@ -26,10 +26,15 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from uld.config import EvaluationConfig, ExperimentConfig, ModelConfig
+from uld.config import DataConfig, EvaluationConfig, ExperimentConfig, ModelConfig
+from uld.data import encode_prompt, encode_teacher_prompt, get_task, render_teacher_prompt, select_shots, test_split, training_pool
+from uld.distributed import on_main
+from uld.errors import EvaluationError
 from uld.generation import greedy_generate, keep_first_line  # noqa: F401  (keep_first_line re-exported)
+from uld.io import atomic_write_json, atomic_write_text, json_dumps
 from uld.metrics import aggregate, bertscore_settings, rescore_file, score_examples
-from uld.io import atomic_write_json, atomic_write_text
+from uld.model_card import model_card
+from uld.models import ResolvedModel, bind_run_models, load_model, load_tokenizer, resolve_model, shots_for, title_for
 from uld.store import RunFolder
 
 log = logging.getLogger(__name__)
@@ -49,7 +54,6 @@ __all__ = [
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
 
 
-from uld.errors import EvaluationError  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------------
@@ -58,8 +62,6 @@ from uld.errors import EvaluationError  # noqa: E402
 
 
 def _encode(tokenizer, prompt: str, *, encoder_decoder: bool, add_special_tokens: bool) -> list[int]:
-    from uld.data import encode_prompt
-
     return encode_prompt(tokenizer, prompt, encoder_decoder=encoder_decoder, add_special_tokens=add_special_tokens)
 
 
@@ -147,8 +149,6 @@ def build_prompts(
         raise ValueError("teacher prompts need the teacher's tokenizer (for its chat template)")
     from types import SimpleNamespace
 
-    from uld.data import render_teacher_prompt
-
     entry = SimpleNamespace(system_role=system_role, chat_template=chat_template)
     return [render_teacher_prompt(task, ex, list(shots), entry, tokenizer, title=title) for ex in examples]
 
@@ -231,8 +231,6 @@ def evaluate_model(
     ``prompt_ids`` (optional) are their token ids when the caller tokenizes them itself (teacher prompts).
     The record's ``metrics`` are x 100; ``model`` describes what was evaluated.
     """
-    from uld.data import get_task
-
     task = get_task(task)
     examples = list(examples)
     if not examples:
@@ -276,8 +274,6 @@ def evaluate_model(
 
 def _load(model_source, tokenizer, encoder_decoder, *, device, dtype):
     """-> (model, tokenizer, is_encoder_decoder, description)."""
-    from uld.models import ResolvedModel, load_model, load_tokenizer, resolve_model
-
     if isinstance(model_source, (str, os.PathLike)):
         model_source = resolve_model(ModelConfig(name=str(model_source)))
     if isinstance(model_source, ResolvedModel):
@@ -305,17 +301,11 @@ def _load(model_source, tokenizer, encoder_decoder, *, device, dtype):
 
 
 def _write_outputs(folder: Path, rows: list[dict[str, Any]], record: dict[str, Any]) -> None:
-    lines = "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in rows)
+    """``eval/predictions.jsonl``, ``eval/scores.json`` and, last, ``scores.json`` (its presence means done)."""
+    lines = "".join(json_dumps(r, indent=None) + "\n" for r in rows)
     atomic_write_text(folder / "eval" / "predictions.jsonl", lines)
     atomic_write_json(folder / "eval" / "scores.json", record)
-    # written last: its presence means the evaluation is complete
     atomic_write_json(folder / "scores.json", record)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    return str(obj)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,21 +320,23 @@ def evaluate_run(
 
     Model: ``model_dir`` if given, else ``checkpoints/<evaluation.checkpoint>`` of the run; with method
     ``none`` or ``evaluation.target: teacher``, the registry's student / teacher. Skips (returns the
-    stored record) when ``scores.json`` exists, unless ``force``.
+    stored record) when ``scores.json`` exists, unless ``force``. The outputs are built in a staging
+    folder and committed into the run in one step, so a crash never leaves new predictions beside old
+    scores. The evaluated checkpoint's model card gets the scores. Every process may call it; the main
+    process evaluates.
     """
-    from uld.data import encode_teacher_prompt, get_task, select_shots, test_split, training_pool
-    from uld.models import load_tokenizer, resolve_model, shots_for, title_for
-
-    from uld.models import bind_run_models
-
-    if run.exists("scores.json") and not force:
+    if run.is_complete and not force:
         log.info("%s: scores.json exists, skipping evaluation", run.path)
         return run.read_json("scores.json")
-    cfg = bind_run_models(cfg)
+    return on_main(lambda: _evaluate_run(bind_run_models(cfg), run, model_dir))
+
+
+def _evaluate_run(cfg: ExperimentConfig, run: RunFolder, model_dir: str | os.PathLike | None) -> dict[str, Any]:
     ev = cfg.evaluation
     task = get_task(cfg.data.task)
     examples = test_split(cfg.data)
     checkpoint: Optional[str] = None
+    folder = None
     if ev.target == "teacher":
         resolved = resolve_model(cfg.teacher)
     elif model_dir is not None or cfg.training.method != "none":
@@ -358,32 +350,42 @@ def evaluate_run(
     else:
         resolved = resolve_model(cfg.student)
     tokenizer = load_tokenizer(resolved)
-    prompt_ids = None
+    prompts, prompt_ids, shots = _run_prompts(cfg, task, examples, resolved, tokenizer)
+    rows, record = evaluate_model(
+        resolved, task, examples, ev, prompts=prompts, prompt_ids=prompt_ids, tokenizer=tokenizer, device=cfg.device,
+    )
+    record.update(checkpoint=checkpoint, run_id=run.id, method=cfg.training.method, shot_ids=[s.id for s in shots])
+    staging = run.staging("eval")
+    _write_outputs(staging, rows, record)
+    run.commit(staging, ["eval", "scores.json"])
+    if folder is not None and model_dir is None and folder.is_dir():
+        step = _checkpoint_step(folder)
+        atomic_write_text(folder / "README.md", model_card(cfg, run.id, step=step, scores=record, checkpoint=folder.name))
+    return record
+
+
+def _checkpoint_step(folder: Path) -> Optional[int]:
+    try:
+        return json.loads((folder / "checkpoint.json").read_text()).get("step")
+    except (OSError, ValueError):
+        return None
+
+
+def _run_prompts(cfg: ExperimentConfig, task, examples, resolved: ResolvedModel, tokenizer):
+    """(prompts, token ids or None, shots) of a run's evaluation: the teacher's few-shot chat prompts,
+    tokenized exactly as the teacher stage feeds them, or the student's plain prompts."""
+    ev = cfg.evaluation
     if ev.target == "teacher":
         entry = resolved.entry
         k = shots_for(entry, task.name, cfg.data.teacher_shots)
         # the teacher stage draws its shots from the whole training part of the pool (no fraction)
         pool = list(training_pool(dataclasses.replace(cfg.data, train_fraction=1.0)).train)
         shots = select_shots(pool, k, cfg.data.split_seed) if k else []
-        prompts = build_prompts(
-            task, examples, target="teacher", shots=shots, tokenizer=tokenizer,
-            title=title_for(entry, task.name, cfg.data.teacher_title), system_role=entry.system_role,
-            chat_template=entry.chat_template,
-        )
-        # tokenized exactly as the teacher stage feeds the teacher (BOS added unless the text has it)
-        prompt_ids = [encode_teacher_prompt(tokenizer, p) for p in prompts]
-    else:
-        shots = select_shots(list(training_pool(cfg.data).train), ev.shots, cfg.data.split_seed) if ev.shots else []
-        prompts = build_prompts(task, examples, shots=shots)
-    rows, record = evaluate_model(
-        resolved, task, examples, ev, prompts=prompts, prompt_ids=prompt_ids, tokenizer=tokenizer, device=cfg.device,
-    )
-    record["checkpoint"] = checkpoint
-    record["run_id"] = run.id
-    record["method"] = cfg.training.method
-    record["shot_ids"] = [s.id for s in shots]
-    _write_outputs(run.path, rows, record)
-    return record
+        title = title_for(entry, task.name, cfg.data.teacher_title)
+        prompts = [render_teacher_prompt(task, ex, shots, entry, tokenizer, title=title) for ex in examples]
+        return prompts, [encode_teacher_prompt(tokenizer, p) for p in prompts], shots
+    shots = select_shots(list(training_pool(cfg.data).train), ev.shots, cfg.data.split_seed) if ev.shots else []
+    return build_prompts(task, examples, shots=shots), None, shots
 
 
 def _has_tokenizer_files(folder: Path) -> bool:
@@ -399,7 +401,7 @@ def evaluate_checkpoint(
     out_dir: str | os.PathLike,
     tokenizer: str | os.PathLike | None = None,
     eval_cfg: Optional[EvaluationConfig] = None,
-    force: bool = True,
+    force: bool = False,
     device: Optional[str] = None,
 ) -> dict[str, Any]:
     """Evaluate any HF model folder or Hub id on ``task``'s test split with zero-shot student prompts.
@@ -408,13 +410,15 @@ def evaluate_checkpoint(
     and returns the record. ``tokenizer`` (folder or Hub id) is needed when the checkpoint folder has
     no tokenizer files.
     """
-    from uld.config import DataConfig
-    from uld.data import get_task, test_split
-
     eval_cfg = eval_cfg or EvaluationConfig()
     out = Path(out_dir)
+    if (out / "config.yaml").exists() or (out.parent.name == "runs" and (out / "env.json").exists()):
+        raise EvaluationError(f"--out {out} is a run folder of the store; its records belong to its run "
+                              "(use `uld evaluate CONFIG` to re-evaluate a run, or choose another --out)")
     if (out / "scores.json").exists() and not force:
-        return json.loads((out / "scores.json").read_text())
+        raise EvaluationError(f"{out / 'scores.json'} exists; pass --force to replace it, or choose another --out")
+    if test_size is not None and test_size <= 0:
+        raise EvaluationError(f"--test-size must be a positive number of items, got {test_size}")
     ckpt = Path(checkpoint)
     if ckpt.exists() and not ckpt.is_dir():
         raise EvaluationError(f"checkpoint {ckpt} is a file; give the model folder")

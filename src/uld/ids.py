@@ -37,6 +37,7 @@ __all__ = [
     "resume_key",
     "identity",
     "leaf_fields",
+    "hashed_fields",
 ]
 
 # Fields that do not change what a run computes: never hashed.
@@ -50,7 +51,6 @@ HASH_EXCLUDED = frozenset({
     "data.dir",
     "generation.batch_size",
     "generation.chunk_size",
-    "generation.backend",
     "training.log_every",
     "training.keep_state",
     "training.num_workers",
@@ -84,7 +84,7 @@ V1_RUN_FIELDS = frozenset({
 
 # A teacher stage depends on the teacher, these data fields and the generation settings.
 TEACHER_DATA_FIELDS = ("task", "train_start", "train_size", "val_fraction", "split_seed", "max_length", "teacher_shots", "teacher_title")
-_TEACHER_EXCLUDED = frozenset({"teacher.path", "generation.batch_size", "generation.chunk_size", "generation.backend"})
+_TEACHER_EXCLUDED = frozenset({"teacher.path", "generation.batch_size", "generation.chunk_size"})
 V1_TEACHER_FIELDS = frozenset({  # never edit, like V1_RUN_FIELDS
     "teacher.name", "teacher.revision", "teacher.dtype", "teacher.trust_remote_code",
     "data.task", "data.train_size", "data.val_fraction", "data.split_seed", "data.max_length",
@@ -102,6 +102,15 @@ def leaf_fields(cls: type = ExperimentConfig, prefix: str = "") -> Iterator[tupl
             yield from leaf_fields(hints[f.name], path + ".")
         else:
             yield path, f
+
+
+def hashed_fields(cls: type = ExperimentConfig) -> Iterator[tuple[str, str, dataclasses.Field]]:
+    """``(current path, legacy path it is hashed under, field)`` of every field that can enter a run id."""
+    legacy_of = {new: old for old, new in RENAMED.items()}
+    for path, f in leaf_fields(cls):
+        legacy = legacy_of.get(path, path)
+        if path not in HASH_EXCLUDED and legacy not in HASH_EXCLUDED:
+            yield path, legacy, f
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -143,10 +152,8 @@ def identity(cfg: ExperimentConfig, *, v1: frozenset, include=lambda legacy: Tru
     legacy_of = {new: old for old, new in RENAMED.items()}
     tree: dict = {}
     for path, f in leaf_fields(type(cfg)):
-        if path in exclude:
-            continue
         legacy = legacy_of.get(path, path)
-        if not include(legacy):
+        if path in exclude or legacy in exclude or not include(legacy):
             continue
         value = _plain(_get(cfg, path))
         if legacy not in v1 and value == _plain(_default(f)):

@@ -51,6 +51,7 @@ __all__ = [
     "answer_logit_targets",
     "distillation_objective",
     "embedding_cost",
+    "fold_tail",
     "kd_kl",
     "levenshtein_cost",
     "normalized_levenshtein",
@@ -97,6 +98,14 @@ def teacher_signal_from_logits(logits: Tensor, k: int, *, temperature: float = 1
     probs = (top - lse).exp_()
     tail = (1.0 - probs.sum(-1)).clamp_(min=0.0)
     return TeacherSignal(probs, tail)
+
+
+def fold_tail(probs: Tensor, tail: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Keep the ``k`` largest of sorted probabilities ``[..., k0]`` and add the rest to ``tail [...]``
+    (a top-k' signal from a top-k cache, k' <= k)."""
+    if k >= probs.shape[-1]:
+        return probs, tail
+    return probs[..., :k], tail + probs[..., k:].sum(-1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,8 +248,7 @@ def _teacher_rows(
         probs = teacher[rows, pos].to(_compute_dtype(teacher.dtype))
         t_tail = tail[rows, pos].to(probs.dtype)
         if k is not None and k < probs.shape[-1]:
-            t_tail = t_tail + probs[:, k:].sum(-1)
-            probs = probs[:, :k]
+            probs, t_tail = fold_tail(probs, t_tail, k)
         return probs, t_tail
     z = _scaled_logits(teacher, rows, pos, temperature)
     if k is None:

@@ -19,7 +19,8 @@ from typing import Literal, Optional
 
 import yaml
 
-from uld.config import ConfigError, ModelConfig, from_dict
+from uld.config import ModelConfig, from_dict
+from uld.errors import ConfigError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -231,18 +232,38 @@ def load_model(resolved: ResolvedModel, *, dtype: str | None = None, device: str
 
     cls = AutoModelForSeq2SeqLM if resolved.is_encoder_decoder else AutoModelForCausalLM
     try:
-        model = cls.from_pretrained(
+        model, info = cls.from_pretrained(
             resolved.source,
             revision=resolved.revision,
             dtype=torch_dtype(dtype or resolved.dtype),
             use_safetensors=True,
             trust_remote_code=resolved.trust_remote_code,
+            output_loading_info=True,
         )
     except OSError as exc:
         raise ConfigError(_offline_hint(resolved) + f" ({exc})") from exc
+    except Exception as exc:  # a damaged safetensors header or a config that does not parse
+        if Path(resolved.source).is_dir():
+            raise ModelLoadError(f"{resolved.source}: the weights do not load ({type(exc).__name__}: {exc})") from None
+        raise
+    _check_loading(resolved, info)
     if device is not None:
         model.to(device)
     return model
+
+
+def _check_loading(resolved: ResolvedModel, info: dict) -> None:
+    """Weights that leave parameters at their random initialisation (or bring tensors the model has no
+    place for) would be trained or scored as if they were the model: refuse them, naming the folder."""
+    problems = []
+    for key, what in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"), ("mismatched_keys", "of the wrong shape")):
+        names = sorted(str(k if isinstance(k, str) else k[0]) for k in (info.get(key) or []))
+        if names:
+            problems.append(f"{len(names)} {what} tensor(s) ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})")
+    if info.get("error_msgs"):
+        problems.append("; ".join(map(str, info["error_msgs"]))[:300])
+    if problems:
+        raise ModelLoadError(f"{resolved.source}: weights do not match the model: {'; '.join(problems)}")
 
 
 def shots_for(entry: ModelEntry, task: str, override: int | None = None) -> int:

@@ -91,7 +91,7 @@ def describe_config(cfg: dict[str, Any] | ExperimentConfig, target: str | None =
         "train_fraction": float(_get(cfg, "data.train_fraction", 1.0)),
         "train_size": _get(cfg, "data.train_size"),
         "test_size": _get(cfg, "data.test_size"),
-        "ot_cost": _get(cfg, "training.ot_cost") if method == "uld-ot" else None,
+        "ot_cost": _get(cfg, "training.ot.cost") if method == "uld-ot" else None,
         "shots": shots,
         "target": target,
     }

@@ -28,6 +28,7 @@ def _fresh_accelerate():
 @pytest.mark.parametrize("student", ["student", pytest.param("seq2seq", marks=pytest.mark.slow)])
 def test_resume_after_a_kill_mid_epoch_reproduces_the_uninterrupted_run(tmp_path, tiny_models, monkeypatch, student):
     from uld import training as TR
+    from uld.training import loop
 
     write_data(tmp_path)
     # 12 train rows, batch 2, grad_accum 2: 3 optimizer steps per epoch, 6 in all; checkpoint every 2
@@ -41,7 +42,7 @@ def test_resume_after_a_kill_mid_epoch_reproduces_the_uninterrupted_run(tmp_path
     reset_accelerate()
 
     run = new_run(cfg, tmp_path / "killed")
-    real, calls = TR._step_losses, {"n": 0}
+    real, calls = loop.compute_losses, {"n": 0}
 
     def killed_at_nine(*args, **kw):
         calls["n"] += 1
@@ -49,11 +50,11 @@ def test_resume_after_a_kill_mid_epoch_reproduces_the_uninterrupted_run(tmp_path
             raise KeyboardInterrupt("simulated kill")
         return real(*args, **kw)
 
-    monkeypatch.setattr(TR, "_step_losses", killed_at_nine)
+    monkeypatch.setattr(loop, "compute_losses", killed_at_nine)
     with pytest.raises(KeyboardInterrupt):
         TR.train(cfg, run, stage)
-    monkeypatch.setattr(TR, "_step_losses", real)
-    state = json.loads(run.file("checkpoints", "state", "trainer.json").read_text())
+    monkeypatch.setattr(loop, "compute_losses", real)
+    state = json.loads(run.file("checkpoints", "state", "trainer.json").read_text())["position"]
     assert (state["global_step"], state["epoch"], state["batch_in_epoch"]) == (4, 1, 2)
     assert max(r["step"] for r in read_metrics(run)) == 4  # nothing logged past the checkpoint yet
     reset_accelerate()
@@ -71,6 +72,7 @@ def test_resume_after_a_kill_mid_epoch_reproduces_the_uninterrupted_run(tmp_path
 
 def test_resuming_a_finished_run_returns_its_summary(tmp_path, tiny_models):
     from uld import training as TR
+    from uld.training import loop
 
     write_data(tmp_path)
     cfg = make_config(tmp_path, tiny_models, method="sft-teacher", max_steps=2)
@@ -88,12 +90,13 @@ def test_resuming_a_finished_run_returns_its_summary(tmp_path, tiny_models):
 
 def test_keep_state_keeps_the_whole_resumable_state(tmp_path, tiny_models):
     from uld import training as TR
+    from uld.training import loop
     from uld.ids import config_hash
 
     write_data(tmp_path)
     cfg = make_config(tmp_path, tiny_models, method="sft-teacher", max_steps=2)
     kept = make_config(tmp_path, tiny_models, method="sft-teacher", max_steps=2)
-    kept.training.keep_state = True
+    kept.training.checkpoints.keep_state = True
     assert config_hash(kept) == config_hash(cfg)  # bookkeeping only: same run id
     run = new_run(kept, tmp_path / "run")
     TR.train(kept, run, teacher_stage(kept))

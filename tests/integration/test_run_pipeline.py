@@ -38,7 +38,7 @@ def _smoke_overrides(tiny_models, out: Path) -> list[str]:
         "generation.top_k_signal=16",
         "training.batch_size=4",
         "training.max_steps=3",
-        "training.lr=1e-3",
+        "training.optim.lr=1e-3",
         "evaluation.max_new_tokens=6",
         "evaluation.batch_size=4",
     ]

@@ -26,7 +26,7 @@ DATA = SHARED_DATA if (SHARED_DATA / "squad").is_dir() else REPO / "tests" / "fi
 def _tiny(out: Path, *, teacher: Path | None = None, student: Path | None = None) -> list[str]:
     ov = [f"data.dir={DATA}", f"output_dir={out}", "data.test_size=4", "data.max_length=256",
           "generation.max_new_tokens=6", "generation.batch_size=4", "generation.top_k_signal=16",
-          "training.batch_size=4", "training.max_steps=2", "training.lr=1e-3", "evaluation.max_new_tokens=6",
+          "training.batch_size=4", "training.max_steps=2", "training.optim.lr=1e-3", "evaluation.max_new_tokens=6",
           "evaluation.batch_size=4"]
     ov += [f"teacher.path={teacher}"] if teacher else []
     ov += [f"student.path={student}"] if student else []

@@ -28,19 +28,20 @@ WORKER = textwrap.dedent(
     from uld.config import load_config
     from uld.store import RunFolder
     from uld import training as TR
+    from uld.training import loop
 
     cfg = load_config(sys.argv[1] + "/config.yaml")
     run, stage, out = RunFolder(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-    real_save = TR._save_hf
+    real_save = loop.save_hf
 
-    def save_and_fingerprint(accelerator, model, tokenizer, dest, extra):
+    def save_and_fingerprint(accelerator, model, tokenizer, dest, extra, card=None):
         # every rank fingerprints its own copy of the weights whenever a checkpoint is written
         sd = accelerator.unwrap_model(model).state_dict()
         h = hashlib.sha256(b"".join(sd[k].detach().cpu().contiguous().numpy().tobytes() for k in sorted(sd)))
         (out / f"{dest.name}-step{extra['step']}-rank{accelerator.process_index}.sha").write_text(h.hexdigest())
-        real_save(accelerator, model, tokenizer, dest, extra)
+        real_save(accelerator, model, tokenizer, dest, extra, card)
 
-    TR._save_hf = save_and_fingerprint
+    loop.save_hf = save_and_fingerprint
     summary = TR.train(cfg, run, stage)
     from accelerate import PartialState
 

@@ -69,8 +69,8 @@ def test_wrong_literal(tmp_path):
 
 
 def test_overrides_apply_and_type_check():
-    cfg = load_config(None, ["training.lr=2e-6", "data.task=qed", "training.top_k=256", "student.path=/x"])
-    assert cfg.training.lr == 2e-6 and cfg.data.task == "qed" and cfg.training.top_k == 256
+    cfg = load_config(None, ["training.optim.lr=2e-6", "data.task=qed", "training.distill.top_k=256", "student.path=/x"])
+    assert cfg.training.optim.lr == 2e-6 and cfg.data.task == "qed" and cfg.training.distill.top_k == 256
     assert cfg.student.path == "/x"
     with pytest.raises(ConfigError, match="training.nope"):
         load_config(None, ["training.nope=1"])
@@ -111,7 +111,7 @@ def test_base_inheritance(tmp_path):
     (tmp_path / "base.yaml").write_text("name: b\ntraining:\n  lr: 3.0e-6\n  epochs: 2\n")
     (tmp_path / "child.yaml").write_text("base: base.yaml\nname: c\ntraining:\n  epochs: 1\n")
     cfg = load_config(tmp_path / "child.yaml")
-    assert cfg.name == "c" and cfg.training.lr == 3e-6 and cfg.training.epochs == 1
+    assert cfg.name == "c" and cfg.training.optim.lr == 3e-6 and cfg.training.epochs == 1
     assert load_yaml_config(tmp_path / "child.yaml")["training"] == {"lr": 3e-6, "epochs": 1}
 
 

@@ -182,8 +182,8 @@ def test_plan_has_the_declared_grid_and_shares_the_full_data_runs():
     assert {p.run.id for p in reporting.plan_table("micro", preset="small", store_root="/nowhere").points} == {p.run.id for p in plan.points}
     cfg = plan.points[0].cfg
     assert (cfg.data.train_size, cfg.data.test_size, cfg.data.max_length) == (200, 500, 384)
-    assert (cfg.training.lr, cfg.training.epochs, cfg.training.batch_size, cfg.generation.top_k_signal) == (1e-5, 2, 8, 64)
-    assert cfg.evaluation.max_new_tokens == cfg.generation.max_new_tokens == 24 and not cfg.generation.do_sample
+    assert (cfg.training.optim.lr, cfg.training.epochs, cfg.training.batch_size, cfg.generation.top_k_signal) == (1e-5, 2, 8, 64)
+    assert cfg.evaluation.max_new_tokens == cfg.generation.max_new_tokens == 24
 
 
 def test_question_scores_reads_and_checks_predictions(store):

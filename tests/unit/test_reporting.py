@@ -65,7 +65,7 @@ def test_failed_point_is_reported_and_others_still_run(tmp_path):
     ok = _fake_runner(calls)
 
     def flaky(cfg, force=False):
-        if cfg.training.ot_cost == "levenshtein" and cfg.training.method == "uld-ot":
+        if cfg.training.ot.cost == "levenshtein" and cfg.training.method == "uld-ot":
             raise RuntimeError("out of memory")
         return ok(cfg, force)
 

@@ -183,7 +183,7 @@ def test_init_is_idempotent_and_refuses_a_different_config(tmp_path):
     assert run.file("config.yaml").read_text() == first
     assert run.config() == cfg
     with pytest.raises(ResultsError, match="different config"):
-        RunFolder(run.path).init(_cfg(**{"training.lr": 5e-6}))
+        RunFolder(run.path).init(_cfg(**{"training.optim.lr": 5e-6}))
     assert find_run(cfg).path == run.path
 
 

@@ -221,6 +221,19 @@ def _assert_same_stage(a: Path, b: Path) -> None:
     pd.testing.assert_frame_equal(ia, ib)
 
 
+class _FakeRank:
+    """One rank of a launch of ``world`` processes, alone: collectives hand back this rank's own value."""
+
+    def __init__(self, rank: int, world: int):
+        self.rank, self.world, self.is_main, self.device = rank, world, rank == 0, torch.device("cpu")
+
+    def barrier(self) -> None:
+        pass
+
+    def broadcast(self, obj):
+        return obj
+
+
 def test_two_shards_merge_to_the_single_process_result(tmp_path, tiny_models, data_dir, registry, full_run, monkeypatch):
     _, full = full_run
     cfg = _cfg(tmp_path / "sharded", tiny_models["teacher"], data_dir)
@@ -228,12 +241,12 @@ def test_two_shards_merge_to_the_single_process_result(tmp_path, tiny_models, da
     real_process = T._process_chunk
     monkeypatch.setattr(T, "_process_chunk", lambda *a, **k: seen.append(a[2]) or real_process(*a, **k))
     # process 1 of 2 first: it runs chunks 1 and 3 and leaves the merge to process 0
-    monkeypatch.setattr(T, "_distributed", lambda: (1, 2, lambda: None, torch.device("cpu")))
+    monkeypatch.setattr(T, "_dist", lambda: _FakeRank(1, 2))
     folder = T.run_teacher_stage(cfg)
     assert seen == [1, 3] and not (folder / T.DONE_MARKER).exists()
     with pytest.raises(T.TeacherStageError, match="chunk-00000.parquet is missing"):
         T.merge_chunks(folder, cfg=cfg)
-    monkeypatch.setattr(T, "_distributed", lambda: (0, 2, lambda: None, torch.device("cpu")))
+    monkeypatch.setattr(T, "_dist", lambda: _FakeRank(0, 2))
     assert T.run_teacher_stage(cfg) == folder
     assert seen == [1, 3, 0, 2]
     _assert_same_stage(folder, full)

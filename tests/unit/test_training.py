@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from uld.config import ExperimentConfig, apply_overrides, from_dict
+from uld.config import ExperimentConfig, apply_overrides, from_dict, migrate
 from uld.store import RunFolder
 
 TOP_K = 16
@@ -49,10 +49,13 @@ def write_data(root: Path, n_articles: int = 3, per_article: int = 5) -> Path:
 
 
 def make_config(root: Path, models: dict, *, student: str = "student", teacher: str = "teacher", **training) -> ExperimentConfig:
-    """A tiny config: 15 SQuAD rows (12 train, 3 val), teacher answers of 6 tokens, top-16 signal."""
+    """A tiny config: 15 SQuAD rows (12 train, 3 val), teacher answers of 6 tokens, top-16 signal.
+
+    ``training`` takes the flat field names of the first schema (``lr=``, ``top_k=``, ``select=``...):
+    the schema's own migration puts them in their sections, which this module so exercises too."""
     train = {"method": "uld", "lr": 1e-3, "epochs": 2, "batch_size": 4, "log_every": 1, "seed": 3}
     train.update(training)
-    return from_dict(ExperimentConfig, {
+    return from_dict(ExperimentConfig, migrate({
         "name": "tiny",
         "teacher": {"name": "tiny-teacher", "path": str(models[teacher])},
         "student": {"name": f"tiny-{student}", "path": str(models[student])},
@@ -61,7 +64,7 @@ def make_config(root: Path, models: dict, *, student: str = "student", teacher: 
         "generation": {"max_new_tokens": 6, "batch_size": 8, "chunk_size": 8, "top_k_signal": TOP_K, "first_line": False},
         "training": train,
         "output_dir": str(root / "out"),
-    })  # fmt: skip
+    }))  # fmt: skip
 
 
 def teacher_stage(cfg: ExperimentConfig) -> Path:
@@ -110,6 +113,7 @@ def _fresh_accelerate():
 def _batch(cfg: ExperimentConfig, teacher_dir: Path, n: int = 4, *, online: bool = False):
     """(student model, teacher model or None, one collated training batch of n rows)."""
     from uld import training as TR
+    from uld.training import loop
     from uld.models import load_model, load_tokenizer, resolve_model
 
     s_res = resolve_model(cfg.student)
@@ -177,16 +181,19 @@ def test_plan_steps_counts_optimizer_steps():
 
 
 def test_learning_rate_presets_and_registry():
-    from uld.config import TrainingConfig
+    from uld.config import OptimConfig, TrainingConfig
     from uld.models import ModelEntry
     from uld.training import resolve_lr
 
+    def tc(**optim) -> TrainingConfig:
+        return TrainingConfig(optim=OptimConfig(**optim))
+
     mt0 = ModelEntry(hub_id="bigscience/mt0-base", arch="encoder-decoder", lr={"dialogsum": 1e-4, "qed": 7e-6})
     assert resolve_lr(TrainingConfig(), None, "squad") == (1e-6, "config")
-    assert resolve_lr(TrainingConfig(lr_preset="authors-jobs"), None, "squad") == (2e-6, "preset:authors-jobs")
-    assert resolve_lr(TrainingConfig(lr=5e-5), mt0, "dialogsum") == (1e-4, "registry")
-    assert resolve_lr(TrainingConfig(lr=5e-5), mt0, "squad") == (5e-5, "config")
-    assert resolve_lr(TrainingConfig(lr_preset="paper"), mt0, "qed") == (1e-6, "preset:paper")
+    assert resolve_lr(tc(lr_preset="authors-jobs"), None, "squad") == (2e-6, "preset:authors-jobs")
+    assert resolve_lr(tc(lr=5e-5), mt0, "dialogsum") == (1e-4, "registry")
+    assert resolve_lr(tc(lr=5e-5), mt0, "squad") == (5e-5, "config")
+    assert resolve_lr(tc(lr_preset="paper"), mt0, "qed") == (1e-6, "preset:paper")
 
 
 def test_epoch_sampler_depends_on_seed_and_epoch_only():
@@ -336,9 +343,10 @@ def test_signal_out_of_sync_with_answers_is_a_clear_error(world):
 
 def test_nan_loss_stops_with_step_rows_and_a_checkpoint(world, tmp_path, monkeypatch):
     from uld import training as TR
+    from uld.training import loop
 
     cfg = make_config(world["root"], world["models"], method="sft-teacher", max_steps=4)
-    real = TR._step_losses
+    real = loop.compute_losses
     calls = {"n": 0}
 
     def poisoned(model, batch, tcfg, **kw):
@@ -348,7 +356,7 @@ def test_nan_loss_stops_with_step_rows_and_a_checkpoint(world, tmp_path, monkeyp
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(TR, "_step_losses", poisoned)
+    monkeypatch.setattr(loop, "compute_losses", poisoned)
     run = new_run(cfg, tmp_path / "run")
     with pytest.raises(TR.TrainingDiverged) as err:
         TR.train(cfg, run, world["teacher_dir"])
@@ -377,7 +385,7 @@ def test_full_run_writes_metrics_checkpoints_and_summary(world, tmp_path):
     for r in train_recs:
         assert math.isfinite(r["loss"]) and r["uld"] is not None and r["tokens_per_s"] > 0
         assert r["loss"] == pytest.approx(r["ce"] + cfg.training.lam * r["uld"], rel=1e-4)
-    assert train_recs[0]["lr"] == pytest.approx(cfg.training.lr / 2) and train_recs[-1]["lr"] == pytest.approx(cfg.training.lr / 10)
+    assert train_recs[0]["lr"] == pytest.approx(cfg.training.optim.lr / 2) and train_recs[-1]["lr"] == pytest.approx(cfg.training.optim.lr / 10)
     best = min(val_recs, key=lambda r: (r["loss"], r["step"]))
     assert summary["best_step"] == best["step"] and summary["best_val_loss"] == pytest.approx(best["loss"])
     assert json.loads(run.file("checkpoints", "best", "checkpoint.json").read_text())["step"] == best["step"]
@@ -437,10 +445,11 @@ def test_method_none_is_a_no_op(world, tmp_path):
 @pytest.mark.slow
 def test_resume_with_a_different_config_is_refused_unless_forced(world, tmp_path, monkeypatch):
     from uld import training as TR
+    from uld.training import loop
 
     cfg = make_config(world["root"], world["models"], method="sft-teacher", max_steps=4, save_every=1)
     run = new_run(cfg, tmp_path / "run")
-    real, calls = TR._step_losses, {"n": 0}
+    real, calls = loop.compute_losses, {"n": 0}
 
     def crash_on_third(*args, **kw):
         calls["n"] += 1
@@ -448,13 +457,13 @@ def test_resume_with_a_different_config_is_refused_unless_forced(world, tmp_path
             raise KeyboardInterrupt("simulated kill")
         return real(*args, **kw)
 
-    monkeypatch.setattr(TR, "_step_losses", crash_on_third)
+    monkeypatch.setattr(loop, "compute_losses", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         TR.train(cfg, run, world["teacher_dir"])
-    monkeypatch.setattr(TR, "_step_losses", real)
-    assert json.loads(run.file("checkpoints", "state", "trainer.json").read_text())["global_step"] == 2
+    monkeypatch.setattr(loop, "compute_losses", real)
+    assert json.loads(run.file("checkpoints", "state", "trainer.json").read_text())["position"]["global_step"] == 2
     reset_accelerate()
-    changed = apply_overrides(cfg, {"training.lr": 2e-3})
+    changed = apply_overrides(cfg, {"training.optim.lr": 2e-3})
     with pytest.raises(TR.ResumeError, match="config differs"):
         TR.train(changed, run, world["teacher_dir"], resume=True)
     reset_accelerate()
@@ -524,8 +533,8 @@ def test_cached_signal_temperature_must_match_the_training_temperature(world, tm
     from uld.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="generation.signal_temperature"):
-        load_config(None, ["training.teacher_temperature=0.5"])
-    cfg = load_config(None, ["training.teacher_temperature=0.5", "generation.signal_temperature=0.5"])
+        load_config(None, ["training.distill.teacher_temperature=0.5"])
+    cfg = load_config(None, ["training.distill.teacher_temperature=0.5", "generation.signal_temperature=0.5"])
     assert cfg.generation.signal_temperature == 0.5
     # online ULD re-tempers the logits itself: any temperature is fine
-    load_config(None, ["training.teacher_temperature=0.5", "training.teacher_signal=online"])
+    load_config(None, ["training.distill.teacher_temperature=0.5", "training.distill.teacher_signal=online"])

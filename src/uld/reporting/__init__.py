@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from uld.config import ExperimentConfig, expand_grid, load_config
-from uld.io import atomic_write_text
+from uld.io import atomic_write_text, repo_root
+from uld.reporting.figures import FIGURES_ENV, RESULTS_ENV, figures_dir, results_dir, save_figure
 from uld.reference import load_reference
 from uld.results import SETTINGS, describe_config, load_results
 from uld.store import RunFolder, find_run, store_info
@@ -83,10 +84,7 @@ __all__ = [
     "micro_figure",
 ]
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-EXPERIMENTS_DIR = _REPO_ROOT / "experiments"
-RESULTS_ENV = "ULD_RESULTS_DIR"
-FIGURES_ENV = "ULD_FIGURES_DIR"
+EXPERIMENTS_DIR = repo_root() / "experiments"
 MISSING = "–"  # en dash: a cell with no number
 PRESETS = ("paper", "small")
 
@@ -352,7 +350,7 @@ def launch_missing(
     others still run; the table then shows "–" for it.
     """
     if runner is None:
-        from uld.pipeline import run_experiment  # noqa: PLC0415 - heavy import, launch path only
+        from uld.pipeline import run_experiment  # temporary: moves to the launch layer
 
         # the table is the report: per-experiment study reports would overwrite each other when several
         # grid files of a table share one experiment name
@@ -803,37 +801,6 @@ def table_script(name: str, argv: Sequence[str] | None = None, description: str 
 # --------------------------------------------------------------------------------------------------
 # Frames for the analysis notebooks (they only read the store)
 # --------------------------------------------------------------------------------------------------
-
-
-def results_dir() -> Path:
-    """The store the notebooks read: ``$ULD_RESULTS_DIR`` or ``results``."""
-    return Path(os.environ.get(RESULTS_ENV, "results"))
-
-
-def figures_dir(store: str | os.PathLike | None = None) -> Path:
-    """Where figures go: ``$ULD_FIGURES_DIR``, else ``<store>/figures``."""
-    if os.environ.get(FIGURES_ENV):
-        return Path(os.environ[FIGURES_ENV])
-    return Path(store if store is not None else results_dir()) / "figures"
-
-
-def save_figure(fig: Any, name: str, out_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Save a matplotlib figure as ``<name>.png`` and ``<name>.pdf`` (rename into place)."""
-    out_dir = Path(out_dir) if out_dir is not None else figures_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "pdf"):
-        target = out_dir / f"{name}.{ext}"
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".{ext}", dir=out_dir)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        paths.append(target)
-    return paths
 
 
 def _pair_label(df: Any) -> Any:

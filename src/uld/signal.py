@@ -1,0 +1,342 @@
+"""The teacher signal: the teacher's next-token distributions at the answer positions.
+
+ULD compares the student's and the teacher's distributions only after sorting them, so the identity of
+the teacher's tokens never matters, only its sorted probabilities. This module computes them with one
+teacher-forced pass (:func:`answer_logits`, also what online-teacher training calls), keeps the k
+largest per position plus the mass of the rest (the *tail*), writes them once to a cache
+(:func:`write_signal`) and serves them to training (:class:`TeacherSignalStore`): one teacher pass
+serves every student and every λ, and the teacher is not resident while students train.
+
+Positions: for an answer ``a_1 .. a_L`` tokenized after its prompt with an EOS appended
+(:func:`uld.data.encode_teacher_pair`), the rows are the distributions that predict
+``a_1 .. a_L, EOS``: ``L + 1`` rows per answer, in order, the positions
+``uld.losses.answer_logit_mask(labels, causal=True)`` selects.
+
+Cache layout (``<stage>/signal/``)::
+
+    probs.npy      float16 [N, k]   top-k probabilities per position, sorted descending
+    tail.npy       float32 [N]      1 - sum(top-k) per position, computed before rounding
+    index.parquet  row_id, offset, length, crc32: row -> its positions [offset, offset + length)
+    meta.json      k, temperature, dtypes, number of positions and rows
+
+The reader checks everything it can before training trusts a byte: array shapes and dtypes against
+``meta.json``, an index that tiles the arrays exactly in order, the width and temperature the config
+asks for, and (rows written since the index has ``crc32``) a checksum of every row it serves, so a
+shifted or swapped index is an error naming the file, not a silently wrong loss.
+"""
+
+from __future__ import annotations
+
+import inspect
+import zlib
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from uld.errors import SignalError
+from uld.io import atomic_write_json, load_npy, read_json, read_parquet, replace, write_parquet
+from uld.losses import TeacherSignal, answer_logit_mask, fold_tail, teacher_signal_from_logits
+
+__all__ = [
+    "answer_logits",
+    "signal_rows",
+    "online_teacher_signal",
+    "pad_rows",
+    "write_signal",
+    "TeacherSignalStore",
+    "SIGNAL_DIR",
+]
+
+SIGNAL_DIR = "signal"
+
+
+# --------------------------------------------------------------------------------------------------
+# Computing it
+# --------------------------------------------------------------------------------------------------
+
+
+def _accepts(model: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
+        return False
+
+
+@torch.no_grad()
+def answer_logits(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, *, skip_eos: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A frozen teacher's logits from the first answer-predicting column on: ``([B, T - f, V], mask [B, T - f])``.
+
+    ``labels [B, T]`` is -100 off the answers; ``mask`` marks the positions that predict an answer
+    token (its last, the EOS, dropped with ``skip_eos``). Rows may be padded on either side: position
+    ids are given explicitly, so padding changes nothing. The prompt columns are never compared, so
+    they are not projected onto the vocabulary (``logits_to_keep``): with a 256k-token teacher that
+    projection is most of the teacher's cost.
+    """
+    mask = answer_logit_mask(labels, causal=True, skip_eos=skip_eos)
+    cols = mask.any(dim=0).nonzero()
+    first = int(cols[0]) if len(cols) else mask.shape[1] - 1
+    keep = mask.shape[1] - first
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if _accepts(model, "position_ids"):
+        kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+    if _accepts(model, "logits_to_keep"):
+        logits = model(**kwargs, logits_to_keep=keep).logits[:, -keep:]
+    else:
+        logits = model(**kwargs).logits[:, first:]
+    return logits, mask[:, first:].to(logits.device)
+
+
+def signal_rows(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    k: int,
+    *,
+    batch_size: int = 8,
+    max_length: Optional[int] = None,
+    add_eos: bool = True,
+    temperature: float = 1.0,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Teacher-forced pass over ``prompt + answer (+ EOS)``; one ``(probs [L, k], tail [L])`` per row (float32).
+
+    Rows are tokenized with :func:`uld.data.encode_teacher_pair` and batched by length (left-padded
+    when the model takes position ids), and only the answer columns are projected.
+    A pair longer than ``max_length`` raises ``uld.data.PromptTooLong`` (it is never truncated). When
+    ``k`` exceeds the vocabulary the missing columns are zero probabilities.
+    """
+    from uld.data.teacher_prompts import encode_teacher_pair
+
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id
+    encoded = []
+    for p, a in zip(prompts, answers):
+        enc = encode_teacher_pair(tokenizer, p, a, max_length=max_length, add_eos=add_eos)
+        encoded.append((list(enc.input_ids), list(enc.labels)))
+    # left padding puts every answer in the last columns (fewest projected positions); a model that
+    # takes no position ids would shift left-padded rows, so it gets right padding
+    left = _accepts(model, "position_ids")
+    out: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = [None] * len(encoded)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    for b in range(0, len(order), batch_size):
+        idx = order[b : b + batch_size]
+        width = max(len(encoded[i][0]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(idx), width), dtype=torch.long)
+        labels = torch.full((len(idx), width), -100, dtype=torch.long)
+        for r, i in enumerate(idx):
+            x, y = encoded[i]
+            cols = slice(width - len(x), width) if left else slice(0, len(x))
+            ids[r, cols] = torch.tensor(x)
+            attn[r, cols] = 1
+            labels[r, cols] = torch.tensor(y)
+        logits, mask = answer_logits(model, ids.to(device), attn.to(device), labels.to(device))
+        top, tail = teacher_signal_from_logits(logits[mask], k, temperature=temperature)
+        if top.shape[-1] < k:
+            top = torch.nn.functional.pad(top, (0, k - top.shape[-1]))
+        offsets = np.cumsum([0] + mask.sum(dim=1).tolist())
+        for r, i in enumerate(idx):
+            out[i] = (top[offsets[r] : offsets[r + 1]].float().cpu(), tail[offsets[r] : offsets[r + 1]].float().cpu())
+    return out  # type: ignore[return-value]
+
+
+def pad_rows(rows: Sequence[tuple[torch.Tensor, torch.Tensor]], k: int, dtype=torch.float32) -> tuple[TeacherSignal, torch.Tensor]:
+    """Rows of ``(probs [L_i, k], tail [L_i])`` as one zero-padded ``TeacherSignal [n, T, k]`` and lengths ``[n]``."""
+    lengths = torch.tensor([len(p) for p, _ in rows], dtype=torch.long)
+    T = int(lengths.max()) if len(rows) else 0
+    probs = torch.zeros((len(rows), T, k), dtype=dtype)
+    tail = torch.zeros((len(rows), T), dtype=dtype)
+    for r, (p, t) in enumerate(rows):
+        probs[r, : len(p)] = p.to(dtype)
+        tail[r, : len(t)] = t.to(dtype)
+    return TeacherSignal(probs=probs, tail=tail), lengths
+
+
+def online_teacher_signal(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], k: int, **kwargs) -> tuple[TeacherSignal, torch.Tensor]:
+    """The signal computed now, without a cache: ``(TeacherSignal(probs [n, T, k], tail [n, T]), lengths [n])``.
+
+    float32, zero-padded after each row's ``lengths[i]`` positions; keyword arguments as :func:`signal_rows`.
+    The teacher stage caches exactly these values (probabilities as float16), so a cache can be
+    checked against this function.
+    """
+    return pad_rows(signal_rows(model, tokenizer, prompts, answers, k, **kwargs), k)
+
+
+# --------------------------------------------------------------------------------------------------
+# Caching it
+# --------------------------------------------------------------------------------------------------
+
+
+def _crc(p: np.ndarray, t: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(t).tobytes(), zlib.crc32(np.ascontiguousarray(p).tobytes()))
+
+
+def write_signal(folder: str | Path, row_ids: Sequence[str], rows: Sequence[tuple[np.ndarray, np.ndarray]], *, k: int,
+                 temperature: float) -> dict:
+    """Write the cache of ``rows`` (``(probs [L, k] float16, tail [L] float32)`` per row id) to
+    ``folder`` (the ``signal/`` folder): arrays first, then the index, then ``meta.json``, each
+    atomically. Returns the meta record."""
+    import pandas as pd
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lengths = np.array([len(t) for _, t in rows], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(rows) else np.zeros(0, np.int64)
+    n = int(lengths.sum())
+    tmp_p, tmp_t = folder / ".probs.npy.tmp", folder / ".tail.npy.tmp"
+    probs = np.lib.format.open_memmap(tmp_p, mode="w+", dtype=np.float16, shape=(n, k))
+    tail = np.lib.format.open_memmap(tmp_t, mode="w+", dtype=np.float32, shape=(n,))
+    crcs = []
+    for rid, off, length, (p, t) in zip(row_ids, offsets, lengths, rows):
+        p = np.asarray(p, dtype=np.float16).reshape(-1, k) if np.asarray(p).size else np.zeros((0, k), np.float16)
+        t = np.asarray(t, dtype=np.float32)
+        if p.shape != (length, k):
+            raise SignalError(f"{folder}: row {rid!r} has a signal of shape {p.shape}, expected ({length}, {k})")
+        probs[off : off + length] = p
+        tail[off : off + length] = t
+        crcs.append(_crc(p, t))
+    probs.flush()
+    tail.flush()
+    del probs, tail
+    replace(tmp_p, folder / "probs.npy")
+    replace(tmp_t, folder / "tail.npy")
+    index = pd.DataFrame({"row_id": list(row_ids), "offset": offsets, "length": lengths,
+                          "crc32": np.array(crcs, dtype=np.int64)})
+    write_parquet(index, folder / "index.parquet")
+    meta = {"k": int(k), "temperature": float(temperature), "probs_dtype": "float16", "tail_dtype": "float32",
+            "n_positions": n, "n_rows": len(row_ids), "positions": "answer tokens + EOS"}
+    atomic_write_json(folder / "meta.json", meta)
+    return meta
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading it
+# --------------------------------------------------------------------------------------------------
+
+
+class TeacherSignalStore:
+    """Memory-mapped, checked reader of a stage's cached teacher signal.
+
+    ``path`` is the stage folder or its ``signal/`` folder. ``expect_k`` / ``expect_temperature``: what
+    the config asks for (a cache of another width or temperature is refused). Arrays are opened with
+    ``mmap_mode="r"`` and no pickle, so only the rows asked for are read from disk.
+    """
+
+    def __init__(self, path: str | Path, *, expect_k: Optional[int] = None, expect_temperature: Optional[float] = None):
+        path = Path(path)
+        sig = path / SIGNAL_DIR if (path / SIGNAL_DIR).is_dir() else path
+        for name in ("probs.npy", "tail.npy", "index.parquet"):
+            if not (sig / name).is_file():
+                raise FileNotFoundError(f"teacher signal store {sig}: {name} is missing (is the teacher stage complete?)")
+        self.path = sig
+        self.probs = load_npy(sig / "probs.npy")
+        self.tail = load_npy(sig / "tail.npy")
+        self.meta = read_json(sig / "meta.json") if (sig / "meta.json").is_file() else self._legacy_meta(sig)
+        self._check_arrays()
+        idx = read_parquet(sig / "index.parquet")
+        self._index = self._check_index(idx)
+        if expect_k is not None and self.k != expect_k:
+            raise SignalError(f"{sig / 'probs.npy'}: the cached signal keeps the top {self.k} probabilities, "
+                              f"the config asks for generation.top_k_signal={expect_k}")
+        if expect_temperature is not None and float(self.meta.get("temperature", 1.0)) != float(expect_temperature):
+            raise SignalError(f"{sig}: the signal was cached at temperature {self.meta.get('temperature')}, "
+                              f"the config asks for {expect_temperature}")
+
+    @staticmethod
+    def _legacy_meta(sig: Path) -> dict:
+        """Caches written before ``meta.json`` existed: the stage's ``generation.json`` says the rest."""
+        gen = sig.parent / "generation.json"
+        signal = read_json(gen).get("signal", {}) if gen.is_file() else {}
+        return {"temperature": float(signal.get("temperature", 1.0)), "k": signal.get("top_k")}
+
+    def _check_arrays(self) -> None:
+        p, t = self.probs, self.tail
+        if p.ndim != 2 or p.dtype != np.float16:
+            raise SignalError(f"{self.path / 'probs.npy'}: expected a float16 [positions, k] array, got {p.dtype} {p.shape}")
+        if t.ndim != 1 or t.dtype != np.float32 or t.shape[0] != p.shape[0]:
+            raise SignalError(f"{self.path / 'tail.npy'}: expected float32 [{p.shape[0]}], got {t.dtype} {t.shape}")
+        for key, have in (("k", p.shape[1]), ("n_positions", p.shape[0])):
+            want = self.meta.get(key)
+            if want is not None and int(want) != int(have):
+                raise SignalError(f"{self.path / 'meta.json'}: says {key}={want}, the arrays have {have}")
+
+    def _check_index(self, idx) -> dict[str, tuple[int, int, Optional[int]]]:
+        where = self.path / "index.parquet"
+        for col in ("row_id", "offset", "length"):
+            if col not in idx.columns:
+                raise SignalError(f"{where}: missing column {col!r}")
+        offsets, lengths = idx["offset"].to_numpy(np.int64), idx["length"].to_numpy(np.int64)
+        expected = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else lengths
+        bad = np.nonzero(offsets != expected)[0]
+        if len(bad) or (lengths < 0).any():
+            i = int(bad[0]) if len(bad) else int(np.nonzero(lengths < 0)[0][0])
+            raise SignalError(f"{where}: row {idx['row_id'].iloc[i]!r} starts at {offsets[i]}, expected {expected[i]}: "
+                              "the index does not tile the signal arrays (shifted or edited index)")
+        if int(lengths.sum()) != self.probs.shape[0]:
+            raise SignalError(f"{where}: the rows cover {int(lengths.sum())} positions, the arrays hold {self.probs.shape[0]}")
+        ids = idx["row_id"].astype(str)
+        if ids.duplicated().any():
+            raise SignalError(f"{where}: row {ids[ids.duplicated()].iloc[0]!r} appears more than once")
+        crcs = idx["crc32"].to_numpy(np.int64) if "crc32" in idx.columns else [None] * len(idx)
+        return {r: (int(o), int(n), None if c is None else int(c)) for r, o, n, c in zip(ids, offsets, lengths, crcs)}
+
+    @property
+    def k(self) -> int:
+        return int(self.probs.shape[1])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.meta.get("temperature", 1.0))
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, row_id: str) -> bool:
+        return row_id in self._index
+
+    def row_ids(self) -> list[str]:
+        return list(self._index)
+
+    def length(self, row_id: str) -> int:
+        return self._locate(row_id)[1]
+
+    def _locate(self, row_id: str) -> tuple[int, int, Optional[int]]:
+        try:
+            return self._index[row_id]
+        except KeyError:
+            raise KeyError(f"row {row_id!r} has no cached teacher signal in {self.path}") from None
+
+    def get(self, row_ids: Sequence[str], *, top_k: Optional[int] = None, dtype=torch.float32) -> tuple[TeacherSignal, torch.Tensor]:
+        """``(TeacherSignal(probs [n, T, k'], tail [n, T]), lengths [n])`` for ``row_ids``, zero-padded.
+
+        ``top_k`` (<= the stored k) keeps fewer probabilities and folds the rest into the tail, so a
+        smaller-k experiment can reuse a larger-k cache. Every row with a stored checksum is verified.
+        """
+        k = self.k if top_k is None else top_k
+        if not 0 < k <= self.k:
+            raise ValueError(f"top_k={top_k} but the cache at {self.path} holds k={self.k}")
+        rows = []
+        for rid in row_ids:
+            off, n, crc = self._locate(rid)
+            p = np.asarray(self.probs[off : off + n])
+            t = np.asarray(self.tail[off : off + n])
+            if crc is not None and _crc(p, t) != crc:
+                raise SignalError(f"{self.path}: the signal of row {rid!r} does not match its checksum in index.parquet "
+                                  "(the index or the arrays were altered)")
+            pt, tt = torch.from_numpy(p.astype(np.float32)), torch.from_numpy(t.astype(np.float32))
+            if k < self.k:
+                pt, tt = fold_tail(pt, tt, k)
+            rows.append((pt, tt))
+        return pad_rows(rows, k, dtype=dtype)
+
+    @staticmethod
+    def mask(lengths: torch.Tensor, max_len: Optional[int] = None) -> torch.Tensor:
+        """``lengths [n]`` -> bool ``[n, T]``, True on each row's first ``lengths[i]`` positions."""
+        T = int(lengths.max()) if max_len is None and len(lengths) else (max_len or 0)
+        return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
