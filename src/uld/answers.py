@@ -67,6 +67,7 @@ def check_signal_matches(df, store, stage: str | Path) -> None:
     extra = set(store.row_ids()) - set(ids)
     if extra:
         raise SignalError(f"{store.path}: signal for {len(extra)} rows that {path} does not have (e.g. {sorted(extra)[:3]})")
+    store.verify()
     if "n_answer_tokens" not in df.columns:
         return
     for rid, n in zip(ids, df["n_answer_tokens"]):

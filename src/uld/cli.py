@@ -186,7 +186,8 @@ def cmd_train(args) -> int:
     cfg = _load(args)
     if cfg.grid:
         raise ConfigError("`uld train` takes one grid point: pin the grid keys with overrides or use `uld run`")
-    run = run_point(cfg, stages=("teacher", "train"), resume=not args.no_resume, force=args.force,
+    # --force retrains the student; the teacher stage it learns from is reused (`uld generate --force` redoes it)
+    run = run_point(cfg, stages=("teacher", "train"), resume=not args.no_resume, force={"train"} if args.force else False,
                     force_resume=args.force_resume, wait=args.wait)
     print(f"run: {run.path}")
     return 0

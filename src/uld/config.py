@@ -402,7 +402,7 @@ def load_yaml_config(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> d
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        raise ConfigError(f"{path}: invalid YAML: {one_line(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     base = data.pop("base", None)
@@ -415,6 +415,11 @@ def load_yaml_config(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> d
             raise ConfigError(f"{path}: 'base' must be a file name or a list of them, got {b!r}")
         merged = _deep_merge(merged, load_yaml_config(path.parent / b, (*_seen, path.resolve())))
     return _deep_merge(merged, data)
+
+
+def one_line(exc: BaseException) -> str:
+    """A library's multi-line message (YAML's carets and context lines) as one line."""
+    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip() and part.strip() != "^")
 
 
 def _deep_merge(a: dict, b: dict) -> dict:

@@ -355,12 +355,12 @@ def _evaluate_run(cfg: ExperimentConfig, run: RunFolder, model_dir: str | os.Pat
         resolved, task, examples, ev, prompts=prompts, prompt_ids=prompt_ids, tokenizer=tokenizer, device=cfg.device,
     )
     record.update(checkpoint=checkpoint, run_id=run.id, method=cfg.training.method, shot_ids=[s.id for s in shots])
+    if folder is not None and model_dir is None:  # the card first: scores.json, committed last, means done
+        step = _checkpoint_step(folder)
+        atomic_write_text(folder / "README.md", model_card(cfg, run.id, step=step, scores=record, checkpoint=folder.name))
     staging = run.staging("eval")
     _write_outputs(staging, rows, record)
     run.commit(staging, ["eval", "scores.json"])
-    if folder is not None and model_dir is None and folder.is_dir():
-        step = _checkpoint_step(folder)
-        atomic_write_text(folder / "README.md", model_card(cfg, run.id, step=step, scores=record, checkpoint=folder.name))
     return record
 
 

@@ -495,39 +495,42 @@ def read_predictions(
     preds: list[str] = []
     refs: list[list[str]] = []
     ids: list[str] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}: "
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MetricInputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}: "
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MetricInputError(f"{where}invalid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise MetricInputError(f"{where}expected a JSON object")
+        if "prediction" in row and "references" in row:
+            pred, ref = row["prediction"], row["references"]
+            pred_field = "prediction"
+            if not isinstance(ref, list):
+                raise MetricInputError(f"{where}references must be a list of str")
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise MetricInputError(f"{where}invalid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise MetricInputError(f"{where}expected a JSON object")
-            if "prediction" in row and "references" in row:
-                pred, ref = row["prediction"], row["references"]
-                pred_field = "prediction"
-                if not isinstance(ref, list):
-                    raise MetricInputError(f"{where}references must be a list of str")
-                try:
-                    _check_references(ref)
-                except (TypeError, ValueError) as exc:
-                    raise MetricInputError(where + str(exc)) from None
-            elif "prediction_text" in row and "answers" in row:
-                pred, pred_field = row["prediction_text"], "prediction_text"
-                ref = references_from_author_answers(row["answers"], protocol, where=where)
-            else:
-                raise MetricInputError(
-                    f"{where}needs 'prediction' + 'references' (ours) or 'prediction_text' + 'answers' "
-                    f"(the authors'); found {sorted(row)}"
-                )
-            if not isinstance(pred, str):
-                raise MetricInputError(f"{where}{pred_field} must be a str, got {type(pred).__name__}")
-            preds.append(pred)
-            refs.append(list(ref))
-            ids.append(str(row.get("id", lineno)))
+                _check_references(ref)
+            except (TypeError, ValueError) as exc:
+                raise MetricInputError(where + str(exc)) from None
+        elif "prediction_text" in row and "answers" in row:
+            pred, pred_field = row["prediction_text"], "prediction_text"
+            ref = references_from_author_answers(row["answers"], protocol, where=where)
+        else:
+            raise MetricInputError(
+                f"{where}needs 'prediction' + 'references' (ours) or 'prediction_text' + 'answers' "
+                f"(the authors'); found {sorted(row)}"
+            )
+        if not isinstance(pred, str):
+            raise MetricInputError(f"{where}{pred_field} must be a str, got {type(pred).__name__}")
+        preds.append(pred)
+        refs.append(list(ref))
+        ids.append(str(row.get("id", lineno)))
     if not preds:
         raise MetricInputError(f"{path}: no predictions in the file")
     return preds, refs, ids

@@ -45,22 +45,27 @@ def needs_teacher_stage(cfg: ExperimentConfig) -> bool:
 def run_point(
     cfg: ExperimentConfig,
     *,
-    force: bool = False,
+    force: bool | Iterable[str] = False,
     stages: Iterable[str] = STAGES,
     resume: bool = True,
     force_resume: bool = False,
     wait: bool = False,
 ) -> RunFolder:
-    """Run one grid point (no ``grid`` left in ``cfg``) through the requested stages, under its lock."""
+    """Run one grid point (no ``grid`` left in ``cfg``) through the requested stages, under its lock.
+
+    ``force``: redo stages whose outputs exist (True: every stage asked for; or the names of the stages
+    to redo, e.g. ``{"train"}`` retrains a student on the existing teacher answers).
+    """
     stages = tuple(stages)
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {STAGES}")
+    redo = set(stages) if force is True else set() if force is False else set(force)
     d = dist()
     run = RunFolder.for_config(cfg)
 
     def finished() -> bool:
-        return run.is_complete and not force and "evaluate" in stages
+        return run.is_complete and not redo and "evaluate" in stages
 
     if on_main(finished, d):
         log.info("run %s is complete; skipping (use --force to redo it)", run.id)
@@ -73,15 +78,23 @@ def run_point(
         teacher_dir = None
         if needs_teacher_stage(cfg) and ("teacher" in stages or "train" in stages):
             # a stage is shared by many runs: wait for a process already computing it
-            teacher_dir = Path(run_teacher_stage(cfg, force=force and "teacher" in stages, wait=True))
-            on_main(lambda: atomic_write_json(run.file("teacher.json"), {"path": str(teacher_dir), "id": teacher_dir.name}), d)
+            teacher_dir = Path(run_teacher_stage(cfg, force="teacher" in redo, wait=True))
+            on_main(lambda: _record_teacher(run, teacher_dir), d)
         if "train" in stages:
-            train(cfg, run, teacher_dir, resume=resume, force=force, force_resume=force_resume)
+            train(cfg, run, teacher_dir, resume=resume, force="train" in redo, force_resume=force_resume)
         d.barrier()
         if "evaluate" in stages:
-            evaluate_run(cfg, run, force=force)
+            evaluate_run(cfg, run, force="evaluate" in redo or "train" in redo)
         d.barrier()
     return run
+
+
+def _record_teacher(run: RunFolder, teacher_dir: Path) -> None:
+    """``teacher.json``: the teacher stage the run learns from (its path relative to the store, so a
+    moved store stays consistent); written once, rewritten only if the stage changes."""
+    record = {"id": teacher_dir.name, "path": f"teacher/{teacher_dir.name}"}
+    if not run.exists("teacher.json") or run.read_json("teacher.json").get("id") != record["id"]:
+        atomic_write_json(run.file("teacher.json"), record)
 
 
 def run_experiment(

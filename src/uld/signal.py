@@ -21,8 +21,8 @@ Cache layout (``<stage>/signal/``)::
 
 The reader checks everything it can before training trusts a byte: array shapes and dtypes against
 ``meta.json``, an index that tiles the arrays exactly in order, the width and temperature the config
-asks for, and (rows written since the index has ``crc32``) a checksum of every row it serves, so a
-shifted or swapped index is an error naming the file, not a silently wrong loss.
+asks for, and (caches whose index has ``crc32``) a checksum of every row bound to its id, so a shifted or
+swapped index is an error naming the file, not a silently wrong loss.
 """
 
 from __future__ import annotations
@@ -173,8 +173,10 @@ def online_teacher_signal(model, tokenizer, prompts: Sequence[str], answers: Seq
 # --------------------------------------------------------------------------------------------------
 
 
-def _crc(p: np.ndarray, t: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(t).tobytes(), zlib.crc32(np.ascontiguousarray(p).tobytes()))
+def _crc(row_id: str, p: np.ndarray, t: np.ndarray) -> int:
+    """Checksum of a row's values bound to its id: an index whose rows point at other rows' values fails it."""
+    crc = zlib.crc32(np.ascontiguousarray(p).tobytes(), zlib.crc32(str(row_id).encode()))
+    return zlib.crc32(np.ascontiguousarray(t).tobytes(), crc)
 
 
 def write_signal(folder: str | Path, row_ids: Sequence[str], rows: Sequence[tuple[np.ndarray, np.ndarray]], *, k: int,
@@ -200,7 +202,7 @@ def write_signal(folder: str | Path, row_ids: Sequence[str], rows: Sequence[tupl
             raise SignalError(f"{folder}: row {rid!r} has a signal of shape {p.shape}, expected ({length}, {k})")
         probs[off : off + length] = p
         tail[off : off + length] = t
-        crcs.append(_crc(p, t))
+        crcs.append(_crc(rid, p, t))
     probs.flush()
     tail.flush()
     del probs, tail
@@ -326,7 +328,7 @@ class TeacherSignalStore:
             off, n, crc = self._locate(rid)
             p = np.asarray(self.probs[off : off + n])
             t = np.asarray(self.tail[off : off + n])
-            if crc is not None and _crc(p, t) != crc:
+            if crc is not None and _crc(rid, p, t) != crc:
                 raise SignalError(f"{self.path}: the signal of row {rid!r} does not match its checksum in index.parquet "
                                   "(the index or the arrays were altered)")
             pt, tt = torch.from_numpy(p.astype(np.float32)), torch.from_numpy(t.astype(np.float32))
@@ -334,6 +336,13 @@ class TeacherSignalStore:
                 pt, tt = fold_tail(pt, tt, k)
             rows.append((pt, tt))
         return pad_rows(rows, k, dtype=dtype)
+
+    def verify(self) -> None:
+        """Check every row against its stored checksum (a full read of the cache, once)."""
+        for rid, (off, n, crc) in self._index.items():
+            if crc is not None and _crc(rid, np.asarray(self.probs[off : off + n]), np.asarray(self.tail[off : off + n])) != crc:
+                raise SignalError(f"{self.path}: the signal of row {rid!r} does not match its checksum in index.parquet "
+                                  "(the index or the arrays were altered)")
 
     @staticmethod
     def mask(lengths: torch.Tensor, max_len: Optional[int] = None) -> torch.Tensor:

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import yaml
 
-from uld.config import ExperimentConfig, dump_config, from_dict, migrate
+from uld.config import ExperimentConfig, dump_config, from_dict, migrate, one_line
 from uld.errors import ConfigError, ResultsError, RunLocked
 from uld.ids import config_hash, run_id, teacher_stage_id
 from uld.io import (
@@ -149,7 +149,7 @@ class RunFolder:
         except FileNotFoundError:
             raise ResultsError(f"{path} is missing: not a run folder") from None
         except yaml.YAMLError as exc:
-            raise ResultsError(f"{path}: invalid YAML: {exc}") from None
+            raise ResultsError(f"{path}: invalid YAML: {one_line(exc)}") from None
         if not isinstance(data, dict):
             raise ResultsError(f"{path}: the top level must be a mapping")
         try:
@@ -214,12 +214,15 @@ class RunFolder:
             replace(src, dst)
         for name in journal["remove"]:
             remove(self.file(name))
-        remove(self.file(COMMIT_JOURNAL))
         remove(trash)
         remove(staging)
+        remove(self.file(COMMIT_JOURNAL))  # last: until it is gone, recover() can finish the step
 
     def recover(self) -> None:
-        """Finish a commit a crash interrupted, and undo half-done folder swaps of the checkpoints."""
+        """Finish a commit a crash interrupted, undo half-done folder swaps of the checkpoints, and delete
+        the temporary files of writers that died mid-write. Call it holding the folder's lock."""
+        for tmp in sorted(self.path.rglob(".*.tmp")):  # files and staged folders (.best.tmp, .state.tmp)
+            remove(tmp)
         journal_path = self.file(COMMIT_JOURNAL)
         if journal_path.exists():
             try:

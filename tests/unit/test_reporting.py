@@ -10,6 +10,7 @@ import pytest
 
 from uld import reporting
 from uld.config import expand_grid, load_config
+from uld.errors import ConfigError
 from uld.ids import run_id
 from uld.reference import load_reference
 from uld.results import load_results
@@ -148,6 +149,6 @@ def test_save_figure_writes_png_and_pdf(tmp_path):
 
 
 def test_unknown_table_names_the_known_ones():
-    with pytest.raises(KeyError, match="main"):
+    with pytest.raises(ConfigError, match="main"):
         reporting.get_table("table_nope")
     assert reporting.get_table("table_main").name == "main"

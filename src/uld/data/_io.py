@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from uld.data.base import DataError
+from uld.errors import DataError
 
 
 def read_json(path: Path, *, task: str, split: str) -> Any:
@@ -14,25 +14,30 @@ def read_json(path: Path, *, task: str, split: str) -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON ({exc})", task=task, split=split) from exc
+        raise DataError(f"{path}: invalid JSON ({exc})", task=task, split=split) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})", task=task, split=split) from None
 
 
 def read_jsonl(path: Path, *, label_field: str | None = None) -> Iterator[tuple[str, Any]]:
     """(row label, record) per non-blank line. A line that is not JSON comes back as an
     :class:`_InvalidLine` record so the row is counted (and reported) rather than aborting the file."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            label = f"{path.name}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield label, InvalidLine(str(exc))
-                continue
-            if label_field and isinstance(record, dict) and label_field in record:
-                label = f"{label} ({label_field}={record[label_field]})"
-            yield label, record
+    try:
+        lines = Path(path).read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        label = f"{path.name}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield label, InvalidLine(str(exc))
+            continue
+        if label_field and isinstance(record, dict) and label_field in record:
+            label = f"{label} ({label_field}={record[label_field]})"
+        yield label, record
 
 
 class InvalidLine:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from uld.config import ExperimentConfig, expand_grid, load_config
+from uld.errors import ConfigError
 from uld.io import atomic_write_text, repo_root
 from uld.reporting.figures import FIGURES_ENV, RESULTS_ENV, figures_dir, results_dir, save_figure
 from uld.reference import load_reference
@@ -245,7 +246,7 @@ def get_table(name: str | TableSpec) -> TableSpec:
         return name
     key = name.removeprefix("table_")
     if key not in TABLES:
-        raise KeyError(f"unknown table {name!r}; known tables: {', '.join(TABLES)}")
+        raise ConfigError(f"unknown table {name!r}; known tables: {', '.join(TABLES)}")
     return TABLES[key]
 
 

@@ -47,7 +47,7 @@ from uld.config import ExperimentConfig, to_dict
 from uld.distributed import dist, on_main
 from uld.errors import TrainingDiverged, TrainingError
 from uld.ids import resume_key
-from uld.io import append_jsonl, atomic_write_json, read_json, read_jsonl, remove, write_jsonl
+from uld.io import append_jsonl, atomic_write_json, read_jsonl, recover_dir, remove, write_jsonl
 from uld.methods import get_method
 from uld.model_card import model_card
 from uld.models import bind_run_models, load_model, load_tokenizer, resolve_model
@@ -104,11 +104,13 @@ def _choose_layout(run: RunFolder, cfg: ExperimentConfig, *, resume: bool, force
     manifest = read_trainer_json(state_dir)
     finished = run.exists("train_summary.json") or bool(manifest and manifest.get("finished"))
     if finished and not force:
-        if not run.exists("train_summary.json"):  # killed between the final state and the summary
-            _finalize(run.path, cfg, manifest["summary"])
+        # finalizing again completes a run killed between its final state and its last record
+        summary = run.read_json("train_summary.json") if run.exists("train_summary.json") else manifest["summary"]
         log.info("training of %s already finished (use --force to retrain)", run.id)
-        return _Layout(run.path, False, False, done=run.read_json("train_summary.json"))
+        return _Layout(run.path, False, False, done=_finalize(run.path, cfg, summary))
     staging = run.file(f".staging-{STAGING}")
+    if staging.exists():
+        recover_dir(staging / "checkpoints" / "state")
     if resume and not force and read_trainer_json(staging / "checkpoints" / "state") is not None:
         return _Layout(staging, True, True)  # an interrupted retraining: continue it
     if force or any(run.exists(n) for n in TRAINING_RECORDS):
@@ -159,6 +161,10 @@ class _Session:
         self.main, self.world = self.acc.is_main_process, self.acc.num_processes
         self.metrics_path = self.out / "metrics.jsonl"
         self.ckpt = self.out / "checkpoints"
+        if self.main:  # undo folder swaps a killed attempt left half done
+            for sub in ("best", "last", "state"):
+                recover_dir(self.ckpt / sub)
+        self.acc.wait_for_everyone()
 
     # ---- the story -------------------------------------------------------------------------------
 
