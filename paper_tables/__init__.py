@@ -1,1 +1,1 @@
-"""One script per paper table; each is a thin story over uld.reporting (plan -> launch -> collect -> write)."""
+"""One script per table: each declares its grid and shape (TABLE) and builds it with uld.tables."""

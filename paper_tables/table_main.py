@@ -7,20 +7,30 @@ Usage (from the repository root)::
     python paper_tables/table_main.py --preset small   # the CPU grid (small models, small slices)
 
 The grid is declared by experiments/main/<preset>_*.yaml. Output: <store>/tables/table_main[_small].{md,tex}
-and a .cells.csv naming the run behind every number. Same as `uld table main`.
+and a .cells.csv naming the run behind every number. The table's grid and shape are declared here (TABLE). Same as `uld table main`.
 """
 
 from __future__ import annotations
 
 import sys
 
-from uld import reporting
+from uld.reporting import ComparisonTable
 
-TABLE = "main"
+TABLE = ComparisonTable(
+    name="main",
+    title="Main results: five tasks, two teachers, three decoder students",
+    grid=("main/{preset}_*.yaml",),
+    metrics=("f1", "rougeL", "bertscore_f1"),
+    layout="blocks",
+    label_columns=("task", "teacher", "student", "setting"),
+    caption="Teacher few-shot, student few-shot, λ=0 (cross-entropy on the teacher's answers) and ULD (λ=1.5).",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return reporting.table_script(TABLE, argv, __doc__.splitlines()[0])
+    from uld.tables import table_script  # building launches the pipeline; reading TABLE does not need it
+
+    return table_script(TABLE, argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

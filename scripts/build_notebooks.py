@@ -201,20 +201,20 @@ tables = {}
 for store in stores:
     plan = reporting.plan_table("micro", store_root=store)
     print(plan.summary())
-    tables[store] = reporting.collect_micro(plan)
+    tables[store] = plan.spec.collect(plan)
 tables[STORE].runs''',
             ),
             (
                 "code",
                 '''\
 for store, micro in tables.items():
-    print(reporting.render_micro_markdown(micro, store_root=store))''',
+    print(micro.markdown(store_root=store))''',
             ),
             (
                 "code",
                 '''\
 for store, micro in tables.items():
-    finish(reporting.micro_figure(micro, metric="f1"), "micro" if store == STORE else store.name)''',
+    finish(reporting.settings_and_fractions_figure(micro, metric="f1"), "micro" if store == STORE else store.name)''',
             ),
         ],
     ),

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="build a paper table (runs what is missing)",
                        description="Build one paper table: declares its grid, runs missing runs (unless "
                        "--report-only), writes markdown and LaTeX with the authors' numbers beside ours.")
-    p.add_argument("name", help="main, student_size, data_fraction, encoder_decoder, cost_ablation, micro")
+    p.add_argument("name", help="a table of paper_tables/ (main, student_size, data_fraction, encoder_decoder, cost_ablation, micro, headroom)")
     p.add_argument("--report-only", action="store_true", help="do not launch runs; render from the store")
     p.add_argument("--preset", default="paper", choices=["paper", "small"], help="paper grid or a small CPU preset")
     p.add_argument("--store", default="results", help="results store root")
@@ -242,7 +242,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_table(args) -> int:
-    from uld.reporting import table_script
+    from uld.tables import table_script
 
     # the same code path as paper_tables/table_<name>.py
     argv = ["--preset", args.preset, "--store", args.store]

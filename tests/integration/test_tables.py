@@ -66,7 +66,7 @@ def test_encoder_decoder_small_shows_the_missing_run(tmp_path):
 
 
 def test_script_and_build_table_agree(tmp_path):
-    from uld.reporting import build_table
+    from uld.tables import build_table
 
     _script("main").main(["--report-only", "--store", str(FIXTURE), "--out", str(tmp_path / "a")])
     built = build_table("main", report_only=True, store_root=FIXTURE, out_dir=tmp_path / "b")

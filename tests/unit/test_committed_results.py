@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from uld import reporting
+from uld import tables
 
 REPO = Path(__file__).resolve().parents[2]
 # the CPU reference study lives in the main store, the same grid run on other hardware in stores of its own
@@ -35,7 +35,7 @@ def test_committed_micro_table_is_rendered_from_the_committed_runs(store, tmp_pa
     copy = tmp_path / "store"
     copy.mkdir()
     shutil.copytree(store / "runs", copy / "runs", ignore=shutil.ignore_patterns("checkpoints"))
-    built = reporting.build_table("micro", report_only=True, store_root=copy, out_dir=tmp_path / "tables")
+    built = tables.build_table("micro", report_only=True, store_root=copy, out_dir=tmp_path / "tables")
     assert built.table.n_complete > 0
     assert built.paths["md"].read_text() == committed.read_text()
     assert built.paths["csv"].read_text() == (store / "tables" / "table_micro.cells.csv").read_text()

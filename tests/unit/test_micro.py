@@ -11,7 +11,7 @@ import statistics
 import numpy as np
 import pytest
 
-from uld import reporting
+from uld import reporting, tables
 from uld.config import dump_config, expand_grid, load_config
 from uld.reporting import (
     BootstrapCI,
@@ -279,11 +279,11 @@ def test_table_and_figure_from_empty_store(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    built = reporting.build_table("micro", report_only=True, store_root=tmp_path / "empty")
+    built = tables.build_table("micro", report_only=True, store_root=tmp_path / "empty")
     assert built.table.n_complete == 0 and built.table.n_points == 23 and built.table.contrast is None
     md = built.paths["md"].read_text()
     assert "0 of 23 grid points have results" in md and "ULD − λ=0: – (no paired interval yet)" in md
-    fig = reporting.micro_figure(built.table)
+    fig = reporting.settings_and_fractions_figure(built.table)
     assert len(fig.axes) == 2
     assert [p.suffix for p in reporting.save_figure(fig, "micro", tmp_path / "fig")] == [".png", ".pdf"]
 
@@ -293,9 +293,10 @@ def test_figure_draws_the_seed_means(store):
 
     matplotlib.use("Agg")
     root, written = store
-    table = reporting.collect_micro(reporting.plan_table("micro", store_root=root))
+    plan = reporting.plan_table("micro", store_root=root)
+    table = plan.spec.collect(plan)
     assert isinstance(table.contrast, BootstrapCI)
-    fig = reporting.micro_figure(table)
+    fig = reporting.settings_and_fractions_figure(table)
     bars = [p.get_height() for p in fig.axes[0].patches]
     f1 = {k: [json.loads(r.file("scores.json").read_text())["metrics"]["f1"] for r in v] for k, v in written.items()}
     expected = [statistics.mean(f1[(s, 1.0)]) for s in ("teacher", "lambda0", "uld")]
@@ -307,7 +308,7 @@ def test_table_names_the_hardware_of_its_runs_and_writes_the_figure(store, tmp_p
     gpu, cpu = written[("uld", 1.0)][0], written[("lambda0", 1.0)][0]
     atomic_write_json(gpu.file("env.json"), {"cpu_count": 16, "gpus": ["NVIDIA H100 80GB HBM3"]})
     atomic_write_json(cpu.file("env.json"), {"cpu_count": 2})
-    built = reporting.build_table("micro", report_only=True, store_root=root, out_dir=tmp_path / "t")
+    built = tables.build_table("micro", report_only=True, store_root=root, out_dir=tmp_path / "t")
     # runs without env.json are "unknown": the line never claims a hardware it cannot see
     assert built.table.hardware == ["CPU (2 cores)", "NVIDIA H100 80GB HBM3", "unknown"]
     assert "Hardware of these runs: CPU (2 cores); NVIDIA H100 80GB HBM3; unknown." in built.paths["md"].read_text()
@@ -317,16 +318,14 @@ def test_table_names_the_hardware_of_its_runs_and_writes_the_figure(store, tmp_p
 
 
 def test_launching_a_table_writes_no_per_experiment_report(tmp_path, monkeypatch):
-    from uld import pipeline
-
     seen = []
 
     def fake_run_experiment(cfg, *, force=False, report=True, **kw):
         seen.append(report)
         return []
 
-    monkeypatch.setattr(pipeline, "run_experiment", fake_run_experiment)
+    monkeypatch.setattr(tables, "run_experiment", fake_run_experiment)
     plan = reporting.plan_table("micro", store_root=tmp_path)
-    launch = reporting.launch_missing(plan)
+    launch = tables.launch_missing(plan)
     assert len(seen) == 23 and not any(seen)  # the table is the report
     assert len(launch.failed) == 23  # the fake wrote nothing, so every point is reported missing

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from uld import reporting
+from uld import reporting, tables
 from uld.config import expand_grid, load_config
 from uld.errors import ConfigError
 from uld.ids import run_id
@@ -38,7 +38,7 @@ def test_every_table_has_both_presets_and_plans_run_ids():
         for preset in ("paper", "small"):
             plan = reporting.plan_table(name, preset=preset, store_root="/nowhere")
             assert plan.points
-            declared = {run_id(p) for f in reporting.experiment_files(name, preset) for p in expand_grid(load_config(f))}
+            declared = {run_id(p) for f in reporting.load_spec(name).files(preset) for p in expand_grid(load_config(f))}
             assert {p.run.id for p in plan.points} == declared  # deduplicated, nothing invented
             assert all(p.run.path == Path("/nowhere/runs") / p.run.id for p in plan.points)
 
@@ -52,13 +52,13 @@ def test_paper_main_grid_shape():
 
 def test_launch_runs_only_missing_points_and_rerun_is_idempotent(tmp_path):
     calls: list = []
-    built = reporting.build_table("cost_ablation", preset="small", store_root=tmp_path, runner=_fake_runner(calls))
+    built = tables.build_table("cost_ablation", preset="small", store_root=tmp_path, runner=_fake_runner(calls))
     assert len(calls) == 4 and built.ok and len(built.launch.launched) == 4
-    again = reporting.build_table("cost_ablation", preset="small", store_root=tmp_path, runner=_fake_runner(calls))
+    again = tables.build_table("cost_ablation", preset="small", store_root=tmp_path, runner=_fake_runner(calls))
     assert len(calls) == 4 and again.launch.launched == []  # nothing re-ran
-    reporting.build_table("cost_ablation", preset="small", store_root=tmp_path, force=True, runner=_fake_runner(calls))
+    tables.build_table("cost_ablation", preset="small", store_root=tmp_path, force=True, runner=_fake_runner(calls))
     assert len(calls) == 8 and all(force for _, force in calls[4:])
-    assert again.table.value(again.plan.points[0].key, "f1") == 42.0
+    assert again.table.value(reporting.cell_key(again.plan.points[0].info), "f1") == 42.0
 
 
 def test_failed_point_is_reported_and_others_still_run(tmp_path):
@@ -70,45 +70,46 @@ def test_failed_point_is_reported_and_others_still_run(tmp_path):
             raise RuntimeError("out of memory")
         return ok(cfg, force)
 
-    built = reporting.build_table("cost_ablation", preset="small", store_root=tmp_path, runner=flaky)
+    built = tables.build_table("cost_ablation", preset="small", store_root=tmp_path, runner=flaky)
     assert not built.ok and len(built.launch.failed) == 1 and "out of memory" in built.launch.failed[0][1]
     assert len(built.launch.launched) == 3
     assert "| – |" in built.paths["md"].read_text()
 
 
 def test_report_only_never_launches_and_rejects_force(tmp_path):
-    built = reporting.build_table("main", preset="small", store_root=tmp_path, report_only=True)
+    built = tables.build_table("main", preset="small", store_root=tmp_path, report_only=True)
     assert built.launch is None and built.table.n_complete == 0
     with pytest.raises(ValueError, match="report-only"):
-        reporting.build_table("main", preset="small", store_root=tmp_path, report_only=True, force=True)
+        tables.build_table("main", preset="small", store_root=tmp_path, report_only=True, force=True)
 
 
 def test_cells_put_ours_beside_the_authors(tmp_path):
     store = tmp_path / "store"
     shutil.copytree(FIXTURE, store)
     plan = reporting.plan_table("data_fraction", preset="paper", store_root=store)
-    table = reporting.collect_table(plan)
+    table = plan.spec.collect(plan)
     authors = load_reference()
     ours = load_results(store)
     point = next(p for p in plan.points if p.info["train_fraction"] == 0.5 and p.info["setting"] == "uld" and p.complete)
     mine = ours[(ours.run_id == point.run.id) & (ours.metric == "f1")].value.item()
     theirs = authors[(authors.student == "pythia-410m") & (authors.task == point.info["task"]) & (authors.train_fraction == 0.5)
                      & (authors.method == "uld") & (authors.metric == "f1")].value.item()
-    assert table.value(point.key, "f1", "ours") == mine
-    assert table.value(point.key, "f1", "authors") == theirs
-    assert table.value(point.key, "f1", "diff") == pytest.approx(mine - theirs)
+    assert table.value(reporting.cell_key(point.info), "f1", "ours") == mine
+    assert table.value(reporting.cell_key(point.info), "f1", "authors") == theirs
+    assert table.value(reporting.cell_key(point.info), "f1", "diff") == pytest.approx(mine - theirs)
     row = table.cells[(table.cells.metric == "f1") & (table.cells.run_ids == point.run.id)]
     assert len(row) == 1  # the cell names the run behind it
     missing = next(p for p in plan.points if not p.complete)
-    assert table.value(missing.key, "f1", "ours") is None and table.value(missing.key, "f1", "diff") is None
+    assert table.value(reporting.cell_key(missing.info), "f1", "ours") is None and table.value(reporting.cell_key(missing.info), "f1", "diff") is None
 
 
 def test_markdown_and_latex_render_missing_cells_and_flags(tmp_path):
-    table = reporting.collect_table(reporting.plan_table("main", preset="paper", store_root=FIXTURE))
-    md = reporting.render_markdown(table, store_root=FIXTURE)
+    plan = reporting.plan_table("main", preset="paper", store_root=FIXTURE)
+    table = plan.spec.collect(plan)
+    md = table.markdown(store_root=FIXTURE)
     assert "FIXTURE DATA" in md and "| – |" in md
     assert "53.01†" in md and "† authors' file repeats the Mistral QED teacher numbers" in md
-    tex = reporting.render_latex(table)
+    tex = table.latex()
     assert r"\toprule" in tex and r"$\lambda$=0" in tex and "53.01$^\\dagger$" in tex and "–" not in tex
     n_rows = len(table.rows)
     assert md.count("\n| ") == n_rows + 1  # header + one line per row
@@ -150,5 +151,5 @@ def test_save_figure_writes_png_and_pdf(tmp_path):
 
 def test_unknown_table_names_the_known_ones():
     with pytest.raises(ConfigError, match="main"):
-        reporting.get_table("table_nope")
-    assert reporting.get_table("table_main").name == "main"
+        reporting.load_spec("table_nope")
+    assert reporting.load_spec("table_main").name == "main"

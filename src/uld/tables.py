@@ -1,0 +1,153 @@
+"""Building a table end to end: plan its grid, run what is missing, render from the store.
+
+This is what ``uld table NAME`` and every ``paper_tables/table_<name>.py`` script do::
+
+    plan = plan_table(spec, preset="paper", store_root="results")   # grid point -> run folder
+    launch_missing(plan)                                            # uld.pipeline, one point at a time
+    table = spec.collect(plan)                                      # numbers from the store only
+    table.write("results/tables")                                   # markdown, LaTeX, cells CSV (+ figure)
+
+It sits above the pipeline (it launches runs) and above reporting (it renders), so reporting itself
+never starts a computation: ``--report-only`` renders without the training stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from uld.errors import ConfigError, RunLocked
+from uld.pipeline import run_experiment
+from uld.reporting.figures import RESULTS_ENV, figures_dir
+from uld.reporting.spec import PRESETS, TablePlan, TableSpec, load_spec, plan_table
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LaunchReport", "BuiltTable", "launch_missing", "build_table", "table_arg_parser", "table_script"]
+
+
+@dataclass
+class LaunchReport:
+    launched: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (run id, error)
+    busy: list[tuple[str, str]] = field(default_factory=list)  # (run id, holder): computed by another process
+
+
+def _run(cfg: Any, force: bool = False) -> Any:
+    # the table is the report: per-experiment study reports would overwrite each other when several grid
+    # files of a table share one experiment name
+    return run_experiment(cfg, force=force, report=False)
+
+
+def launch_missing(plan: TablePlan, *, force: bool = False, runner: Optional[Callable[..., Any]] = None) -> LaunchReport:
+    """Run every grid point without results (``force``: every point) through the pipeline.
+
+    A point another process is computing is left to it (recorded as busy); a failing point is recorded
+    and the others still run; the table then shows "–" for them. So two launchers of one table share its
+    grid between them.
+    """
+    runner = runner or _run
+    report = LaunchReport()
+    todo = plan.points if force else plan.missing()
+    for i, point in enumerate(todo, 1):
+        log.info("[%d/%d] %s (%s)", i, len(todo), point.run.id, point.source.name)
+        try:
+            folders = runner(point.cfg, force=force) or []
+        except RunLocked as exc:
+            report.busy.append((point.run.id, str(exc)))
+            continue
+        except Exception as exc:  # keep going: one broken point should not cost the other runs
+            log.exception("run %s failed", point.run.id)
+            report.failed.append((point.run.id, f"{type(exc).__name__}: {exc}"))
+            continue
+        produced = {Path(f.path).name for f in folders}
+        if produced and point.run.id not in produced:
+            log.warning("pipeline wrote %s, the table expects %s: run ids disagree", sorted(produced), point.run.id)
+        if point.run.is_complete:
+            report.launched.append(point.run.id)
+        else:
+            report.failed.append((point.run.id, f"no scores.json in {point.run.path} after the run"))
+    return report
+
+
+@dataclass
+class BuiltTable:
+    """What :func:`build_table` did: the table, where it was written, and what ran."""
+
+    table: Any
+    paths: dict[str, Path]
+    plan: TablePlan
+    launch: Optional[LaunchReport] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.launch is None or not self.launch.failed
+
+    def __iter__(self):
+        """The written files, so ``for path in build_table(...)`` reads naturally."""
+        return iter(self.paths.values())
+
+
+def build_table(
+    spec: TableSpec | str,
+    *,
+    report_only: bool = False,
+    preset: str = "paper",
+    store_root: str | os.PathLike = "results",
+    force: bool = False,
+    out_dir: str | os.PathLike | None = None,
+    reference: str | os.PathLike | None = None,
+    runner: Optional[Callable[..., Any]] = None,
+) -> BuiltTable:
+    """Plan the table's grid, run what is missing (unless ``report_only``), write md / tex / csv.
+
+    ``force`` re-runs every grid point; it contradicts ``report_only``. Tables go to ``out_dir``
+    (default ``<store_root>/tables``), a seed table's figure to ``<store_root>/figures``.
+    """
+    if report_only and force:
+        raise ConfigError("--force re-runs the grid; it cannot be combined with --report-only")
+    spec = load_spec(spec) if isinstance(spec, str) else spec
+    plan = plan_table(spec, preset=preset, store_root=store_root)
+    launch = None if report_only else launch_missing(plan, force=force, runner=runner)
+    out = Path(out_dir) if out_dir is not None else Path(store_root) / "tables"
+    table = spec.collect(plan, reference=reference)
+    kwargs = {"figures_dir": figures_dir(store_root)} if getattr(spec, "figure", None) is not None else {}
+    paths = table.write(out, store_root=Path(store_root), **kwargs)
+    return BuiltTable(table=table, paths=paths, plan=plan, launch=launch)
+
+
+def table_arg_parser(spec: TableSpec, description: str | None = None) -> argparse.ArgumentParser:
+    """The command line every ``paper_tables/table_*.py`` script (and ``uld table``) shares."""
+    p = argparse.ArgumentParser(prog=f"table_{spec.name}.py", description=description or spec.title)
+    p.add_argument("--report-only", action="store_true", help="only read the store; run nothing")
+    p.add_argument("--preset", choices=PRESETS, default="paper", help="paper grid, or the small CPU grid")
+    p.add_argument("--store", default=os.environ.get(RESULTS_ENV, "results"), help="results store root (default: results)")
+    p.add_argument("--force", action="store_true", help="re-run grid points that already have results")
+    p.add_argument("--out", default=None, help="where tables go (default: <store>/tables)")
+    return p
+
+
+def table_script(spec: TableSpec | str, argv: Sequence[str] | None = None, description: str | None = None) -> int:
+    """Body of every ``paper_tables/table_*.py`` (and ``uld table``): parse, build, report. Exit code."""
+    spec = load_spec(spec) if isinstance(spec, str) else spec
+    parser = table_arg_parser(spec, description)
+    args = parser.parse_args(argv)
+    if args.report_only and args.force:
+        parser.error("--force re-runs grid points; it cannot be combined with --report-only")
+    built = build_table(spec, report_only=args.report_only, preset=args.preset, store_root=args.store, force=args.force,
+                        out_dir=args.out)
+    print(built.plan.summary())
+    if built.launch is not None:
+        print(f"launched {len(built.launch.launched)} runs; {len(built.launch.failed)} failed; "
+              f"{len(built.launch.busy)} being computed by another process")
+        for run_id, error in built.launch.failed:
+            print(f"  FAILED {run_id}: {error}")
+        for run_id, holder in built.launch.busy:
+            print(f"  busy {run_id}: {holder}")
+    for path in built.paths.values():
+        print(f"wrote {path}")
+    return 0 if built.ok else 1
