@@ -11,6 +11,7 @@ Dependency rule: this module imports nothing from the rest of the package.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import types
@@ -93,7 +94,9 @@ class DataConfig:
     val_fraction: float = 0.1  # seeded hold-out of the training pool for checkpoint selection
     split_seed: int = 42
     test_size: Optional[int] = None  # first N rows of the evaluated split (None: all of it)
-    max_length: int = 1024  # prompt + answer tokens; the context is truncated, never the answer
+    # prompt + answer tokens; the context is truncated, never the answer. None: no limit but the student's
+    # context length (the authors' code never truncates a training row)
+    max_length: Optional[int] = 1024
     teacher_shots: Optional[int] = None  # None: the paper's count for (teacher, task) from the registry
     teacher_title: Optional[bool] = None  # None: the paper's setting for (teacher, task)
 
@@ -219,6 +222,9 @@ class ExperimentConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     # dotted key -> list of values; `uld run` expands the product into one run per point
     grid: dict[str, list[Any]] = field(default_factory=dict)
+    # task -> dotted key -> value: settings a preset gives one task only (the paper's batch 8 on SQuAD),
+    # applied to each grid point of that task; the resolved point records the values themselves
+    per_task: dict[str, dict[str, Any]] = field(default_factory=dict)
     output_dir: str = "results"  # store root: runs/, teacher/, tables/, figures/
     device: Optional[str] = None  # None: whatever accelerate picks
 
@@ -492,10 +498,13 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     if overrides:
         cfg = apply_overrides(cfg, overrides)
         # an override of a swept key pins it: `training.method=uld` on a config whose grid sweeps
-        # training.method means "just that point"
-        pinned = {_split_override(o)[0] for o in overrides} & set(cfg.grid)
-        for key in pinned:
+        # training.method means "just that point"; it also beats a per-task value of the same key
+        keys = {RENAMED.get(k, k) for k in (_split_override(o)[0] for o in overrides)}
+        for key in keys & set(cfg.grid):
             del cfg.grid[key]
+        for values in cfg.per_task.values():
+            for key in keys & set(values):
+                del values[key]
     validate(cfg, source=str(path) if path else "")
     return cfg
 
@@ -552,6 +561,14 @@ def validate(cfg: ExperimentConfig, source: str = "") -> None:
             raise ConfigError(f"grid key '{key}'{where} is not a config field") from None
         if not isinstance(cfg.grid[key], list) or not cfg.grid[key]:
             raise ConfigError(f"grid key '{key}'{where} must map to a non-empty list")
+    for task, values in cfg.per_task.items():
+        if task not in TASKS:
+            raise ConfigError(f"'per_task.{task}'{where}: unknown task (one of {', '.join(sorted(TASKS))})")
+        for key in values:
+            try:
+                _get_dotted(cfg, RENAMED.get(key, key))
+            except (AttributeError, KeyError):
+                raise ConfigError(f"'per_task.{task}.{key}'{where} is not a config field") from None
 
 
 def _leaves(tree: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -578,16 +595,17 @@ def dump_config(cfg: Any, path: str | os.PathLike | None = None) -> str:
 
 
 def expand_grid(cfg: ExperimentConfig) -> list[ExperimentConfig]:
-    """One config per point of ``cfg.grid`` (cartesian product, keys in file order); no grid: [cfg]."""
-    if not cfg.grid:
-        return [cfg]
-    import itertools
-
+    """One config per point of ``cfg.grid`` (cartesian product, keys in file order), each with its task's
+    ``per_task`` settings applied; no grid: the config itself, so resolved."""
     keys = list(cfg.grid)
     out = []
-    for values in itertools.product(*(cfg.grid[k] for k in keys)):
-        point = apply_overrides(cfg, dict(zip(keys, values)), source=f"grid of {cfg.name}")
-        point.grid = {}
-        validate(point, source=f"grid point {dict(zip(keys, values))} of {cfg.name}")
+    for values in itertools.product(*(cfg.grid[k] for k in keys)) if keys else [()]:
+        point = apply_overrides(cfg, dict(zip(keys, values)), source=f"grid of {cfg.name}") if keys else cfg
+        task_values = point.per_task.get(point.data.task, {})
+        if task_values:
+            point = apply_overrides(point, {RENAMED.get(k, k): v for k, v in task_values.items()},
+                                    source=f"per_task.{point.data.task} of {cfg.name}")
+        point = dataclasses.replace(point, grid={}, per_task={})
+        validate(point, source=f"grid point {dict(zip(keys, values))} of {cfg.name}" if keys else cfg.name)
         out.append(point)
     return out

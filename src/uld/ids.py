@@ -44,6 +44,7 @@ __all__ = [
 HASH_EXCLUDED = frozenset({
     "description",
     "grid",
+    "per_task",
     "output_dir",
     "device",
     "teacher.path",

@@ -43,7 +43,6 @@ class ModelEntry:
     chat_template: Optional[str] = None
     shots: dict[str, int] = field(default_factory=dict)
     title: dict[str, bool] = field(default_factory=dict)
-    lr: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -240,7 +240,9 @@ class _Session:
         if self.store is not None:
             check_signal_matches(read_answers(self.teacher_dir), self.store, self.teacher_dir)
         # the teacher side is never truncated: the teacher stage only kept rows that fit its context
-        enc = dict(student_encoder_decoder=self.enc_dec, max_length=self.cfg.data.max_length,
+        # data.max_length: null trains on whole rows, up to what the student can attend to
+        max_length = self.cfg.data.max_length or self.s_resolved.entry.max_length
+        enc = dict(student_encoder_decoder=self.enc_dec, max_length=max_length,
                    teacher_tok=self.t_tok if (self.teacher is not None or t.distill.alignment == "offsets") else None)
         train_items, self.train_counts = encode_rows(train_rows, self.s_tok, **enc)
         val_items, self.val_counts = encode_rows(val_rows, self.s_tok, **enc)
@@ -262,7 +264,7 @@ class _Session:
 
     def _build_optimization(self) -> None:
         t = self.t
-        self.lr, self.lr_source = resolve_lr(t, self.s_resolved.entry, self.cfg.data.task)
+        self.lr, self.lr_source = resolve_lr(t)
         optimizer = build_optimizer(self.model, self.lr, t.optim.weight_decay)
         if self.val_dl is not None:
             self.model, self.optimizer, self.train_dl, self.val_dl = self.acc.prepare(self.model, optimizer, self.train_dl, self.val_dl)

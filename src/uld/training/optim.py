@@ -4,15 +4,15 @@ AdamW with ``weight_decay`` 0.1 applied to every parameter, as the authors did. 
 OPTIMIZER step (not per micro-batch): warm-up over ``warmup_ratio`` (10%) of the steps from ``lr/2`` to
 ``lr``, cosine annealing down to ``lr/10`` (``OneCycleLR`` with ``div_factor=2``, ``final_div_factor=5``).
 As in the authors' runs (torch's defaults), OneCycle also cycles AdamW's beta1 between 0.85 and 0.95,
-opposite to the learning rate. The peak learning rate: an explicit ``training.optim.lr_preset`` wins
-(``paper`` 1e-6, ``authors-jobs`` 2e-6); otherwise a per-task value in the student's registry entry
-(``ModelEntry.lr``, the paper's mT0 values); otherwise ``training.optim.lr``.
+opposite to the learning rate. The peak learning rate: ``training.optim.lr_preset`` when set (``paper``
+1e-6, ``authors-jobs`` 2e-6), else ``training.optim.lr`` (the paper's per-task mT0 rates are ``per_task``
+settings of the encoder-decoder grid).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
@@ -24,14 +24,15 @@ __all__ = ["LR_PRESETS", "resolve_lr", "build_optimizer", "build_scheduler", "pl
 LR_PRESETS = {"paper": 1e-6, "authors-jobs": 2e-6}
 
 
-def resolve_lr(tcfg: TrainingConfig, student_entry: Any = None, task: str = "") -> tuple[float, str]:
-    """Peak learning rate and where it came from (``preset:<name>``, ``registry``, ``config``)."""
+def resolve_lr(tcfg: TrainingConfig) -> tuple[float, str]:
+    """Peak learning rate and where it came from (``preset:<name>`` or ``config``).
+
+    A per-task rate (the paper's mT0 rates) is a ``per_task`` setting of the experiment config, so the
+    resolved config of every run says the rate it trained with.
+    """
     opt = tcfg.optim
     if opt.lr_preset is not None:
         return LR_PRESETS[opt.lr_preset], f"preset:{opt.lr_preset}"
-    per_task = getattr(student_entry, "lr", None) or {}
-    if task in per_task:
-        return float(per_task[task]), "registry"
     return float(opt.lr), "config"
 
 
