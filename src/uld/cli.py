@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,12 @@ EPILOG_OVERRIDES = (
     "training.optim.lr=2e-6 student.path=/models/smollm2 grid='{training.lam: [0, 1.5]}'. "
     "Environment: ULD_MODELS_DIR (folder of local model folders), ULD_DATA_DIR (local data folder)."
 )
+
+
+def say(*args, **kwargs) -> None:
+    """print, once per launch: only the main process of an `accelerate launch` speaks."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, **kwargs)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -158,7 +165,7 @@ def cmd_run(args) -> int:
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     runs = run_experiment(cfg, force=args.force, stages=stages, resume=not args.no_resume, wait=args.wait)
     for r in runs:
-        print(f"run: {r.path}")
+        say(f"run: {r.path}")
     return 0
 
 
@@ -175,7 +182,7 @@ def cmd_generate(args) -> int:
         if teacher_stage_id(point) in seen:
             continue
         seen.add(teacher_stage_id(point))
-        print(f"teacher answers: {run_teacher_stage(point, force=args.force, wait=args.wait)}")
+        say(f"teacher answers: {run_teacher_stage(point, force=args.force, wait=args.wait)}")
     return 0
 
 
@@ -189,7 +196,7 @@ def cmd_train(args) -> int:
     # --force retrains the student; the teacher stage it learns from is reused (`uld generate --force` redoes it)
     run = run_point(cfg, stages=("teacher", "train"), resume=not args.no_resume, force={"train"} if args.force else False,
                     force_resume=args.force_resume, wait=args.wait)
-    print(f"run: {run.path}")
+    say(f"run: {run.path}")
     return 0
 
 
@@ -206,7 +213,7 @@ def cmd_evaluate(args) -> int:
     if args.rescore:
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
         scores = evaluation.rescore_file(args.rescore, task=args.task, protocol=args.protocol, metrics=metrics)
-        print(json.dumps(scores, indent=2))
+        say(json.dumps(scores, indent=2))
         return 0
     if args.checkpoint:
         if not args.task:
@@ -224,7 +231,7 @@ def cmd_evaluate(args) -> int:
             eval_cfg=EvaluationConfig(metrics=metrics, references=args.protocol),
             force=args.force,
         )
-        print(json.dumps(scores, indent=2))
+        say(json.dumps(scores, indent=2))
         return 0
     if not args.config:
         raise SystemExit("uld evaluate needs CONFIG, --checkpoint DIR --task T, or --rescore FILE")
@@ -237,7 +244,7 @@ def cmd_evaluate(args) -> int:
         if not run.path.exists():
             raise ConfigError(f"no run folder {run.path}: train it first (`uld run {args.config}`)")
         scores = evaluation.evaluate_run(point, run, force=args.force)
-        print(f"{run.path}: {json.dumps(scores.get('metrics', scores))}")
+        say(f"{run.path}: {json.dumps(scores.get('metrics', scores))}")
     return 0
 
 
@@ -255,7 +262,7 @@ def cmd_store_check(args) -> int:
     from uld.store import check_store
 
     report = check_store(args.store)
-    print(report.format())
+    say(report.format())
     return 0 if report.clean else 1
 
 
@@ -264,9 +271,9 @@ def cmd_store_migrate(args) -> int:
 
     changed = migrate_store(args.store, apply=args.apply)
     verb = "rewrote" if args.apply else "would rewrite (pass --apply)"
-    print(f"{verb} {len(changed)} config(s) stored by an older schema")
+    say(f"{verb} {len(changed)} config(s) stored by an older schema")
     for path in changed:
-        print(f"  {path}")
+        say(f"  {path}")
     return 0
 
 
@@ -280,7 +287,7 @@ def cmd_data_summary(args) -> int:
         for t in args.tokenizer:
             tokenizers[Path(t).name or t] = AutoTokenizer.from_pretrained(t)
     summary = summarize_task(args.task, data_dir=args.data_dir, tokenizers=tokenizers or None)
-    print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
+    say(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
     return 0
 
 
@@ -291,18 +298,19 @@ def cmd_config(args) -> int:
     cfg = _load(args)
     for point in expand_grid(cfg):
         if args.ids:
-            print(run_id(point))
+            say(run_id(point))
         else:
-            print(f"# run id: {run_id(point)}")
-            print(dump_config(point))
+            say(f"# run id: {run_id(point)}")
+            say(dump_config(point))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # the other ranks of a launch log warnings only
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.INFO if main_process else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
@@ -314,6 +322,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"uld: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Processes of a launch finish together: a rank that exits while the others still talk to it
+    aborts the whole launch (gloo's "terminate called without an active exception")."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

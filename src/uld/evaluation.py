@@ -28,7 +28,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from uld.config import DataConfig, EvaluationConfig, ExperimentConfig, ModelConfig
 from uld.data import encode_prompt, encode_teacher_prompt, get_task, render_teacher_prompt, select_shots, test_split, training_pool
-from uld.distributed import on_main
+from uld.distributed import dist, on_main
 from uld.errors import EvaluationError
 from uld.generation import greedy_generate, keep_first_line  # noqa: F401  (keep_first_line re-exported)
 from uld.io import atomic_write_json, atomic_write_text, json_dumps
@@ -244,13 +244,21 @@ def evaluate_model(
         raise ValueError(f"{len(prompts)} prompts for {len(examples)} examples")
     if prompt_ids is not None and len(prompt_ids) != len(prompts):
         raise ValueError(f"{len(prompt_ids)} prompt_ids for {len(prompts)} prompts")
-    predictions = generate_predictions(
-        model, tokenizer, prompt_ids if prompt_ids is not None else prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+    inputs = prompt_ids if prompt_ids is not None else prompts
+    # under `accelerate launch` each process answers every N-th item; the answers are gathered in order
+    d = dist()
+    shard = list(range(d.rank, len(examples), d.world))
+    mine = generate_predictions(
+        model, tokenizer, [inputs[i] for i in shard], max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
         first_line=cfg.first_line, encoder_decoder=enc_dec, add_special_tokens=add_special_tokens,
-        desc=f"evaluate {task.name}",
+        desc=f"evaluate {task.name}", progress=d.is_main,
     )
+    predictions = [""] * len(examples)
+    for part in d.gather(list(zip(shard, mine))):
+        for i, pred in part:
+            predictions[i] = pred
     references = [task.references(ex, protocol) for ex in examples]
-    per, metrics, notes = score_predictions(predictions, references, cfg, device=device)
+    per, metrics, notes = on_main(lambda: score_predictions(predictions, references, cfg, device=device), d)
     rows = [
         {"id": ex.id, "prompt_hash": prompt_hash(p), "prediction": pred, "references": list(refs), **scores}
         for ex, p, pred, refs, scores in zip(examples, prompts, predictions, references, per)
@@ -293,7 +301,7 @@ def _load(model_source, tokenizer, encoder_decoder, *, device, dtype):
     if device is None:
         import torch
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = str(dist().device)  # this process's device under `accelerate launch`
     model.to(device)
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -325,10 +333,10 @@ def evaluate_run(
     scores. The evaluated checkpoint's model card gets the scores. Every process may call it; the main
     process evaluates.
     """
-    if run.is_complete and not force:
+    if on_main(lambda: run.is_complete and not force):
         log.info("%s: scores.json exists, skipping evaluation", run.path)
         return run.read_json("scores.json")
-    return on_main(lambda: _evaluate_run(bind_run_models(cfg), run, model_dir))
+    return _evaluate_run(bind_run_models(cfg), run, model_dir)
 
 
 def _evaluate_run(cfg: ExperimentConfig, run: RunFolder, model_dir: str | os.PathLike | None) -> dict[str, Any]:
@@ -355,13 +363,18 @@ def _evaluate_run(cfg: ExperimentConfig, run: RunFolder, model_dir: str | os.Pat
         resolved, task, examples, ev, prompts=prompts, prompt_ids=prompt_ids, tokenizer=tokenizer, device=cfg.device,
     )
     record.update(checkpoint=checkpoint, run_id=run.id, method=cfg.training.method, shot_ids=[s.id for s in shots])
-    if folder is not None and model_dir is None:  # the card first: scores.json, committed last, means done
-        step = _checkpoint_step(folder)
-        atomic_write_text(folder / "README.md", model_card(cfg, run.id, step=step, scores=record, checkpoint=folder.name))
+    on_main(lambda: _record_evaluation(cfg, run, folder if model_dir is None else None, rows, record))
+    return record
+
+
+def _record_evaluation(cfg: ExperimentConfig, run: RunFolder, checkpoint: Optional[Path], rows: list, record: dict) -> None:
+    """The checkpoint's card first, then predictions and scores in one commit: scores.json means done."""
+    if checkpoint is not None:
+        card = model_card(cfg, run.id, step=_checkpoint_step(checkpoint), scores=record, checkpoint=checkpoint.name)
+        atomic_write_text(checkpoint / "README.md", card)
     staging = run.staging("eval")
     _write_outputs(staging, rows, record)
     run.commit(staging, ["eval", "scores.json"])
-    return record
 
 
 def _checkpoint_step(folder: Path) -> Optional[int]:
@@ -431,5 +444,5 @@ def evaluate_checkpoint(
     examples = test_split(DataConfig(task=task_obj.name, dir=str(data_dir) if data_dir else None, test_size=test_size))
     rows, record = evaluate_model(str(checkpoint), task_obj, examples, eval_cfg, tokenizer=tokenizer, device=device)
     record["checkpoint"] = str(checkpoint)
-    _write_outputs(out, rows, record)
+    on_main(lambda: _write_outputs(out, rows, record))
     return record

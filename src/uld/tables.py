@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from uld.distributed import dist, on_main
 from uld.errors import ConfigError, RunLocked
 from uld.pipeline import run_experiment
 from uld.reporting.figures import RESULTS_ENV, figures_dir
@@ -116,7 +117,7 @@ def build_table(
     out = Path(out_dir) if out_dir is not None else Path(store_root) / "tables"
     table = spec.collect(plan, reference=reference)
     kwargs = {"figures_dir": figures_dir(store_root)} if getattr(spec, "figure", None) is not None else {}
-    paths = table.write(out, store_root=Path(store_root), **kwargs)
+    paths = on_main(lambda: table.write(out, store_root=Path(store_root), **kwargs))
     return BuiltTable(table=table, paths=paths, plan=plan, launch=launch)
 
 
@@ -140,6 +141,8 @@ def table_script(spec: TableSpec | str, argv: Sequence[str] | None = None, descr
         parser.error("--force re-runs grid points; it cannot be combined with --report-only")
     built = build_table(spec, report_only=args.report_only, preset=args.preset, store_root=args.store, force=args.force,
                         out_dir=args.out)
+    if not dist().is_main:
+        return 0 if built.ok else 1
     print(built.plan.summary())
     if built.launch is not None:
         print(f"launched {len(built.launch.launched)} runs; {len(built.launch.failed)} failed; "

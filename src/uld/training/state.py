@@ -20,6 +20,7 @@ scattered back on load, so a sharded run resumes on the same number of processes
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import random
@@ -29,7 +30,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from uld.errors import ResumeError, StateError
+from uld.errors import ResumeError, StateError, TrainingError
 from uld.io import atomic_write_json, copy_dir, load_tensors, read_json, remove, save_tensors, sha256_file, swap_dir
 
 __all__ = ["TrainState", "Checkpointer", "STATE_FORMAT", "STATE_FILE", "save_hf", "read_trainer_json"]
@@ -189,6 +190,7 @@ class Checkpointer:
         acc.wait_for_everyone()
         msd, osd = self._full_state()
         rng_t, rng_m = _rng_parts()
+        rng_m["weights_sha256"] = self._check_synchronised()
         save_tensors(rng_t, tmp / f"rng-{acc.process_index}.safetensors")
         atomic_write_json(tmp / f"rng-{acc.process_index}.json", rng_m)
         if acc.is_main_process:
@@ -207,6 +209,29 @@ class Checkpointer:
             })  # fmt: skip
             swap_dir(tmp, self.dir)
         acc.wait_for_everyone()
+
+    def _check_synchronised(self) -> Optional[str]:
+        """This process's weight digest; under data parallelism every rank must hold the same weights
+        (a rank that drifted is an error, not a silently averaged run). Sharded models hold different
+        parts by design and are not compared."""
+        from accelerate.utils import DistributedType
+
+        if self.acc.distributed_type == DistributedType.FSDP:
+            return None
+        sd = self.acc.unwrap_model(self.model).state_dict()
+        h = hashlib.sha256()
+        for k in sorted(sd):
+            h.update(k.encode())
+            h.update(sd[k].detach().float().cpu().contiguous().numpy().tobytes())
+        digest = h.hexdigest()
+        if self._world > 1:
+            from accelerate.utils import gather_object
+
+            digests = gather_object([digest])
+            if len(set(digests)) != 1:
+                raise TrainingError(f"the {self._world} processes hold different weights at this checkpoint "
+                                    f"({', '.join(d[:12] for d in digests)}): the data-parallel run is not synchronised")
+        return digest
 
     def check(self, *, force: bool = False) -> Optional[dict]:
         """The saved ``trainer.json`` if it may be resumed by this run; raises :class:`ResumeError` when it
