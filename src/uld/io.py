@@ -20,7 +20,8 @@ Every write in the package goes through this module, so its guarantees hold ever
 
 Fault injection (tests): every file replace, folder swap and log append is a *fault point*. With
 ``ULD_FAULT_LOG=<file>`` each point appends ``<index> <kind> <before|after> <path>`` to that file; with
-``ULD_FAULT_AT=<index>`` the process dies (``os._exit(137)``, like a SIGKILL) at that point. The
+``ULD_FAULT_AT=<index>`` the process dies (``os._exit(137)``, like a SIGKILL) at that point (every process of
+a launch counts its own points; ``{rank}`` in the log's name separates their logs). The
 crash-recovery tests kill the real command line at every point and check that a rerun ends with the
 artefacts of an uninterrupted run.
 
@@ -96,7 +97,8 @@ def fault_point(kind: str, phase: str, path: str | os.PathLike) -> None:
     _FAULT_COUNT += 1
     if log:
         line = f"{_FAULT_COUNT} {kind} {phase} {path}\n".encode()
-        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # "{rank}" in the log's name gives each process of a launch a log of its own points
+        fd = os.open(log.replace("{rank}", os.environ.get("RANK", "0")), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)
         finally:

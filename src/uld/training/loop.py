@@ -55,6 +55,7 @@ from uld.signal import TeacherSignalStore
 from uld.store import RunFolder
 from uld.training.objectives import answer_nll, build_ot_cost, compute_losses, student_answer_logits
 from uld.training.optim import build_optimizer, build_scheduler, plan_steps, resolve_lr
+from uld.training.parallel import cpu_fsdp_requested, shard
 from uld.training.rows import DistillationCollator, DistillationDataset, EpochSampler, encode_rows, load_training_rows
 from uld.training.state import STATE_FILE, Checkpointer, TrainState, copy_hf, read_trainer_json, save_hf
 
@@ -265,11 +266,15 @@ class _Session:
     def _build_optimization(self) -> None:
         t = self.t
         self.lr, self.lr_source = resolve_lr(t)
-        optimizer = build_optimizer(self.model, self.lr, t.optim.weight_decay)
-        if self.val_dl is not None:
-            self.model, self.optimizer, self.train_dl, self.val_dl = self.acc.prepare(self.model, optimizer, self.train_dl, self.val_dl)
+        loaders = [self.train_dl] + ([self.val_dl] if self.val_dl is not None else [])
+        if cpu_fsdp_requested(self.acc):  # accelerate shards only on accelerators: FSDP2 by hand on CPUs
+            self.model = shard(self.model)
+            self.optimizer, *loaders = self.acc.prepare(build_optimizer(self.model, self.lr, t.optim.weight_decay), *loaders)
         else:
-            self.model, self.optimizer, self.train_dl = self.acc.prepare(self.model, optimizer, self.train_dl)
+            optimizer = build_optimizer(self.model, self.lr, t.optim.weight_decay)
+            self.model, self.optimizer, *loaders = self.acc.prepare(self.model, optimizer, *loaders)
+        self.train_dl = loaders[0]
+        self.val_dl = loaders[1] if len(loaders) > 1 else None
         self.batches_per_epoch = len(self.train_dl)
         self.steps_per_epoch, self.total_steps = plan_steps(self.batches_per_epoch, t.grad_accum, t.epochs, t.max_steps)
         # Not passed through prepare(): accelerate would step it once per process; it is stepped once per
@@ -327,6 +332,7 @@ class _Session:
         self.grad_norm = None
         if t.optim.max_grad_norm is not None:
             gn = self.acc.clip_grad_norm_(self.model.parameters(), t.optim.max_grad_norm)
+            gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn  # a DTensor when the model is sharded
             self.grad_norm = float(gn) if gn is not None else None
         self.optimizer.step()
         self.scheduler.step()

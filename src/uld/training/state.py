@@ -32,6 +32,7 @@ import torch
 
 from uld.errors import ResumeError, StateError, TrainingError
 from uld.io import atomic_write_json, copy_dir, load_tensors, read_json, remove, save_tensors, sha256_file, swap_dir
+from uld.training.parallel import full_model_state, is_sharded
 
 __all__ = ["TrainState", "Checkpointer", "STATE_FORMAT", "STATE_FILE", "save_hf", "read_trainer_json"]
 
@@ -214,9 +215,7 @@ class Checkpointer:
         """This process's weight digest; under data parallelism every rank must hold the same weights
         (a rank that drifted is an error, not a silently averaged run). Sharded models hold different
         parts by design and are not compared."""
-        from accelerate.utils import DistributedType
-
-        if self.acc.distributed_type == DistributedType.FSDP:
+        if is_sharded(self.acc, self.model):
             return None
         sd = self.acc.unwrap_model(self.model).state_dict()
         h = hashlib.sha256()
@@ -302,7 +301,7 @@ class Checkpointer:
 def save_hf(accelerator: Any, model: torch.nn.Module, tokenizer: Any, dest: Path, extra: dict, card: Optional[str] = None) -> None:
     """A Hugging Face folder (safetensors + tokenizer + ``checkpoint.json`` + ``README.md`` model card),
     built beside ``dest`` and swapped in. Every process calls it (gathering weights is collective)."""
-    state_dict = accelerator.get_state_dict(model)
+    state_dict = full_model_state(model)  # collective when sharded: every process calls it
     tmp = dest.with_name(f".{dest.name}.tmp")
     if accelerator.is_main_process:
         remove(tmp)
