@@ -119,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the table files (default: STORE/tables)")
     p.set_defaults(func=cmd_table)
 
+    p = sub.add_parser("rehearse", help="run every paper-grid cell for a few steps on tiny models of the real architectures",
+                       description="Every grid point of the paper tables, end to end (teacher answers, signal, "
+                       "training, evaluation, table row), with the paper's prompts, shots, templates, lengths, batch "
+                       "sizes and learning rates, on tiny random models of the paper's architectures with their real "
+                       "tokenizers where ../shared/tokenizers has them, and a few items per task. Exit 1 if a cell "
+                       "does not reach its table.")
+    p.add_argument("--store", default="results/rehearsal", help="where the rehearsal's runs and tables go")
+    p.add_argument("--tables", default="main,student_size,data_fraction,encoder_decoder,cost_ablation",
+                   help="comma-separated paper tables")
+    p.add_argument("--data-dir", help="local data folder (default: $ULD_DATA_DIR, else the Hub)")
+    p.set_defaults(func=cmd_rehearse)
+
     p = sub.add_parser("store", help="check or migrate a results store",
                        description="`uld store check` verifies every run and teacher-stage folder against the id "
                        "its config gives today and lists orphans, unfinished runs and leftovers of interrupted "
@@ -256,6 +268,14 @@ def cmd_table(args) -> int:
     argv += ["--report-only"] * args.report_only + ["--force"] * args.force
     argv += ["--out", args.out] if args.out else []
     return table_script(args.name, argv)
+
+
+def cmd_rehearse(args) -> int:
+    from uld.rehearsal import rehearse
+
+    report = rehearse(args.store, tables=[t.strip() for t in args.tables.split(",") if t.strip()], data_dir=args.data_dir)
+    say(report.format())
+    return 0 if report.ok else 1
 
 
 def cmd_store_check(args) -> int:

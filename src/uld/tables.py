@@ -103,6 +103,7 @@ def build_table(
     out_dir: str | os.PathLike | None = None,
     reference: str | os.PathLike | None = None,
     runner: Optional[Callable[..., Any]] = None,
+    overrides: Optional[list[str]] = None,
 ) -> BuiltTable:
     """Plan the table's grid, run what is missing (unless ``report_only``), write md / tex / csv.
 
@@ -112,7 +113,7 @@ def build_table(
     if report_only and force:
         raise ConfigError("--force re-runs the grid; it cannot be combined with --report-only")
     spec = load_spec(spec) if isinstance(spec, str) else spec
-    plan = plan_table(spec, preset=preset, store_root=store_root)
+    plan = plan_table(spec, preset=preset, store_root=store_root, overrides=overrides)
     launch = None if report_only else launch_missing(plan, force=force, runner=runner)
     out = Path(out_dir) if out_dir is not None else Path(store_root) / "tables"
     table = spec.collect(plan, reference=reference)

@@ -141,3 +141,84 @@ def build_tiny_pair(dest: str | os.PathLike, *, seq2seq: bool = False) -> dict[s
     if seq2seq:
         out["seq2seq"] = build_tiny_model(dest / "tiny-seq2seq", "seq2seq", seed=3)
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Tiny models of the paper's real architectures (the rehearsal of the paper grids)
+# --------------------------------------------------------------------------------------------------
+
+# registry name -> (architecture, tokenizer folder under ../shared/tokenizers, or None: a trained BPE)
+PAPER_ARCHITECTURES = {
+    "llama-2-7b-chat": ("llama", "llama-2-7b"),
+    "mistral-7b-instruct": ("mistral", "mistral-7b"),
+    "pythia-160m": ("gpt_neox", "pythia"),
+    "pythia-410m": ("gpt_neox", "pythia"),
+    "pythia-1b": ("gpt_neox", "pythia"),
+    "opt-350m": ("opt", "gpt2"),  # OPT's BPE is GPT-2's
+    "bloomz-560m": ("bloom", None),  # no Bloom tokenizer offline
+    "mt0-base": ("mt5", None),  # nor mT5's sentencepiece model
+    "all-MiniLM-L6-v2": ("bert", None),  # the embedding cost's sentence encoder
+}
+
+
+def _arch_tokenizer(source: str | None, dest: Path, seed: int):
+    from transformers import AutoTokenizer
+
+    shared = shared_tokenizers_dir()
+    if source is not None and shared is not None and (shared / source).is_dir():
+        tok = AutoTokenizer.from_pretrained(shared / source)
+    else:
+        tok = train_tiny_tokenizer(dest, vocab_size=600 + seed)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def build_arch_model(dest: str | os.PathLike, arch: str, tokenizer: str | None = None, *, hidden: int = 16,
+                     layers: int = 2, seed: int = 0, max_positions: int = 4096) -> Path:
+    """A tiny random model of architecture ``arch`` (llama, mistral, gpt_neox, opt, bloom, mt5, bert) with
+    the real tokenizer ``tokenizer`` of ``../shared/tokenizers`` when it is there. Returns the folder."""
+    import torch
+    import transformers as tf
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    tok = _arch_tokenizer(tokenizer, dest, seed)
+    torch.manual_seed(seed)
+    ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    heads = dict(num_attention_heads=2, num_hidden_layers=layers, hidden_size=hidden)
+    if arch in ("llama", "mistral"):
+        conf_cls = tf.LlamaConfig if arch == "llama" else tf.MistralConfig
+        model = (tf.LlamaForCausalLM if arch == "llama" else tf.MistralForCausalLM)(
+            conf_cls(intermediate_size=2 * hidden, num_key_value_heads=2, max_position_embeddings=max_positions, **heads, **ids))
+    elif arch == "gpt_neox":
+        model = tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(intermediate_size=2 * hidden, max_position_embeddings=max_positions, **heads, **ids))
+    elif arch == "opt":
+        model = tf.OPTForCausalLM(tf.OPTConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2, ffn_dim=2 * hidden,
+                                               word_embed_proj_dim=hidden, max_position_embeddings=max_positions, **ids))
+    elif arch == "bloom":
+        model = tf.BloomForCausalLM(tf.BloomConfig(hidden_size=hidden, n_layer=layers, n_head=2, **ids))
+    elif arch == "mt5":
+        model = tf.MT5ForConditionalGeneration(tf.MT5Config(d_model=hidden, d_ff=2 * hidden, d_kv=hidden // 2, num_layers=layers,
+                                                            num_decoder_layers=layers, num_heads=2,
+                                                            decoder_start_token_id=tok.pad_token_id, **ids))
+    elif arch == "bert":
+        model = tf.BertModel(tf.BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                                           intermediate_size=2 * hidden, vocab_size=len(tok), pad_token_id=tok.pad_token_id))
+    else:
+        raise ValueError(f"unknown architecture {arch!r}")
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(dest, safe_serialization=True)
+    tok.save_pretrained(dest)
+    return dest
+
+
+def build_paper_models(dest: str | os.PathLike) -> Path:
+    """One tiny model per model of the paper grids, in folders named as the registry names them (a
+    ``ULD_MODELS_DIR``). Existing folders are kept."""
+    dest = Path(dest)
+    for i, (name, (arch, tokenizer)) in enumerate(sorted(PAPER_ARCHITECTURES.items())):
+        if not (dest / name / "config.json").is_file():
+            build_arch_model(dest / name, arch, tokenizer, seed=i)
+    return dest

@@ -101,17 +101,18 @@ class TablePlan:
 
 
 def plan_table(spec: TableSpec | str, *, preset: str = "paper", store_root: str | os.PathLike = "results",
-               experiments_dir: str | os.PathLike | None = None) -> TablePlan:
+               experiments_dir: str | os.PathLike | None = None, overrides: Optional[list[str]] = None) -> TablePlan:
     """Expand the table's YAMLs into grid points and locate each point's run folder in the store.
 
     Points declared by several YAMLs with the same config share one run id and are listed once.
+    ``overrides`` (dotted ``key=value``) apply to every YAML, as on the command line.
     """
     spec = load_spec(spec) if isinstance(spec, str) else spec
     store_root = Path(store_root)
     points: list[GridPoint] = []
     seen: set[str] = set()
     for path in spec.files(preset, experiments_dir):
-        for point in expand_grid(load_config(path)):
+        for point in expand_grid(load_config(path, overrides)):
             point.output_dir = str(store_root)
             run = find_run(point, store_root)
             if run.id in seen:
