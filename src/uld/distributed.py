@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Optional, TypeVar
 
-__all__ = ["Dist", "dist", "on_main"]
+__all__ = ["Dist", "accelerator", "dist", "on_main"]
 
 T = TypeVar("T")
 
@@ -78,6 +78,24 @@ def _use_cpu() -> bool:
 def dist() -> Dist:
     """The launch's :class:`Dist` (``PartialState`` is shared process-wide, so this is cheap)."""
     return Dist()
+
+
+def accelerator(mixed_precision: str = "no", **kwargs):
+    """An ``Accelerator`` for one training run of this process.
+
+    accelerate keeps one ``AcceleratorState`` per process and refuses an ``Accelerator`` whose precision
+    differs from the first one's. A process that trains several runs in turn (a table script, a grid with
+    bf16 and fp32 cells) needs each run's own precision, so the previous run's state is dropped first; the
+    process group itself (``PartialState``) is kept.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
+    return Accelerator(mixed_precision=mixed_precision, **kwargs)
 
 
 def on_main(fn: Callable[[], T], d: Optional[Dist] = None) -> T:

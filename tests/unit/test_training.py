@@ -535,3 +535,15 @@ def test_cached_signal_temperature_must_match_the_training_temperature(world, tm
     assert cfg.generation.signal_temperature == 0.5
     # online ULD re-tempers the logits itself: any temperature is fine
     load_config(None, ["training.distill.teacher_temperature=0.5", "training.distill.teacher_signal=online"])
+
+
+def test_one_process_trains_runs_of_different_precisions_in_turn():
+    # a table script trains bf16 and fp32 cells in one process: accelerate's process-wide state must not
+    # pin the first run's precision on the next
+    from uld.distributed import accelerator
+
+    reset_accelerate()
+    assert accelerator("no").mixed_precision == "no"
+    assert accelerator("bf16").mixed_precision == "bf16"
+    assert accelerator("no").mixed_precision == "no"
+    reset_accelerate()
