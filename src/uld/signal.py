@@ -36,7 +36,9 @@ import numpy as np
 import torch
 
 from uld.errors import SignalError
+from uld.data.teacher_prompts import encode_teacher_pair
 from uld.io import atomic_write_json, load_npy, read_json, read_parquet, replace, write_parquet
+from uld.generation import MIN_SHARED_PREFIX, common_prefix_len, fits_window, layout
 from uld.losses import TeacherSignal, answer_logit_mask, fold_tail, teacher_signal_from_logits
 
 __all__ = [
@@ -66,7 +68,8 @@ def _accepts(model: Any, name: str) -> bool:
 
 @torch.no_grad()
 def answer_logits(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, *, skip_eos: bool = False
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, *, skip_eos: bool = False,
+    shared: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A frozen teacher's logits from the first answer-predicting column on: ``([B, T - f, V], mask [B, T - f])``.
 
@@ -75,6 +78,10 @@ def answer_logits(
     ids are given explicitly, so padding changes nothing. The prompt columns are never compared, so
     they are not projected onto the vocabulary (``logits_to_keep``): with a 256k-token teacher that
     projection is most of the teacher's cost.
+
+    ``shared > 0`` says every row opens with the same ``shared`` tokens, unpadded (``uld.generation``'s
+    ``[prefix][pads][tail]`` layout): they go through the model once and the rows continue from that
+    cache. It must not reach the first answer-predicting column.
     """
     mask = answer_logit_mask(labels, causal=True, skip_eos=skip_eos)
     cols = mask.any(dim=0).nonzero()
@@ -83,10 +90,19 @@ def answer_logits(
     kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
     if _accepts(model, "position_ids"):
         kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+    if shared:
+        if shared > first:
+            raise ValueError(f"shared prefix of {shared} tokens reaches the answer columns (first at {first})")
+        cache = model(input_ids=input_ids[:1, :shared], use_cache=True, logits_to_keep=1).past_key_values
+        cache.batch_repeat_interleave(input_ids.shape[0])
+        kwargs["input_ids"] = input_ids[:, shared:]
+        kwargs["past_key_values"] = cache
+        if "position_ids" in kwargs:
+            kwargs["position_ids"] = kwargs["position_ids"][:, shared:]
     if _accepts(model, "logits_to_keep"):
         logits = model(**kwargs, logits_to_keep=keep).logits[:, -keep:]
     else:
-        logits = model(**kwargs).logits[:, first:]
+        logits = model(**kwargs).logits[:, first - shared :]
     return logits, mask[:, first:].to(logits.device)
 
 
@@ -101,16 +117,16 @@ def signal_rows(
     max_length: Optional[int] = None,
     add_eos: bool = True,
     temperature: float = 1.0,
+    share_prefix: bool = False,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Teacher-forced pass over ``prompt + answer (+ EOS)``; one ``(probs [L, k], tail [L])`` per row (float32).
 
     Rows are tokenized with :func:`uld.data.encode_teacher_pair` and batched by length (left-padded
     when the model takes position ids), and only the answer columns are projected.
     A pair longer than ``max_length`` raises ``uld.data.PromptTooLong`` (it is never truncated). When
-    ``k`` exceeds the vocabulary the missing columns are zero probabilities.
+    ``k`` exceeds the vocabulary the missing columns are zero probabilities. ``share_prefix`` runs each
+    batch's common opening once (``uld.generation.greedy_generate``).
     """
-    from uld.data.teacher_prompts import encode_teacher_pair
-
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
     device = next(model.parameters()).device
@@ -126,17 +142,11 @@ def signal_rows(
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
-        width = max(len(encoded[i][0]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(idx), width), dtype=torch.long)
-        labels = torch.full((len(idx), width), -100, dtype=torch.long)
-        for r, i in enumerate(idx):
-            x, y = encoded[i]
-            cols = slice(width - len(x), width) if left else slice(0, len(x))
-            ids[r, cols] = torch.tensor(x)
-            attn[r, cols] = 1
-            labels[r, cols] = torch.tensor(y)
-        logits, mask = answer_logits(model, ids.to(device), attn.to(device), labels.to(device))
+        shared = _shared_prefix(model, [encoded[i] for i in idx]) if share_prefix and left else 0
+        ids, _ = layout([encoded[i][0] for i in idx], pad_id, shared=shared, right_pad=not left)
+        attn = layout([[1] * len(encoded[i][0]) for i in idx], 0, shared=shared, right_pad=not left)[0]
+        labels = layout([encoded[i][1] for i in idx], -100, shared=shared, right_pad=not left)[0]
+        logits, mask = answer_logits(model, ids.to(device), attn.to(device), labels.to(device), shared=shared)
         top, tail = teacher_signal_from_logits(logits[mask], k, temperature=temperature)
         if top.shape[-1] < k:
             top = torch.nn.functional.pad(top, (0, k - top.shape[-1]))
@@ -144,6 +154,16 @@ def signal_rows(
         for r, i in enumerate(idx):
             out[i] = (top[offsets[r] : offsets[r + 1]].float().cpu(), tail[offsets[r] : offsets[r + 1]].float().cpu())
     return out  # type: ignore[return-value]
+
+
+def _shared_prefix(model, pairs: Sequence[tuple[list[int], list[int]]]) -> int:
+    """Tokens a batch of ``(input_ids, labels)`` rows shares before any answer label, or 0 when not worth it."""
+    if len(pairs) < 2:
+        return 0
+    before_answer = min(next((j for j, y in enumerate(lab) if y != -100), len(lab)) for _, lab in pairs)
+    shared = min(common_prefix_len([x for x, _ in pairs]), before_answer - 1)
+    width = max(len(x) for x, _ in pairs)
+    return shared if shared >= MIN_SHARED_PREFIX and fits_window(model, width) else 0
 
 
 def pad_rows(rows: Sequence[tuple[torch.Tensor, torch.Tensor]], k: int, dtype=torch.float32) -> tuple[TeacherSignal, torch.Tensor]:

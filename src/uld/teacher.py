@@ -31,7 +31,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -219,7 +219,8 @@ def _process_chunk(teacher: _Teacher, plan: _Plan, index: int, pool: list[Exampl
     # never truncated: a truncated question/passage would make the teacher answer something else.
     todo = [r for r in rows if len(r.prompt_ids) + gen.max_new_tokens + 1 <= ctx]
     out = greedy_generate(teacher.model, teacher.tokenizer, [r.prompt_ids for r in todo], max_new_tokens=gen.max_new_tokens,
-                          batch_size=gen.batch_size, first_line=gen.first_line, progress=progress)
+                          batch_size=gen.batch_size, first_line=gen.first_line, share_prefix=gen.share_prefix,
+                          progress=progress)
     for r, text, answer, n in zip(todo, out.texts, out.answers, out.n_tokens):
         r.generation, r.answer, r.n_generated = text, answer, n
         r.status = KEPT if answer else EMPTY
@@ -236,7 +237,8 @@ def _process_chunk(teacher: _Teacher, plan: _Plan, index: int, pool: list[Exampl
     sig_start = time.perf_counter()
     if gen.store_signal and kept:
         sig = signal_rows(teacher.model, teacher.tokenizer, [r.prompt for r in kept], [r.answer for r in kept],
-                          gen.top_k_signal, batch_size=gen.batch_size, max_length=ctx, temperature=gen.signal_temperature)
+                          gen.top_k_signal, batch_size=gen.batch_size, max_length=ctx, temperature=gen.signal_temperature,
+                          share_prefix=gen.share_prefix)
         for r, (p, t) in zip(kept, sig):
             r.probs = np.ascontiguousarray(p.numpy().astype(np.float16)).tobytes()
             r.tail = np.ascontiguousarray(t.numpy().astype(np.float32)).tobytes()

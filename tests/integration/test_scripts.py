@@ -37,7 +37,14 @@ def test_bench_teacher_on_a_tiny_teacher(tmp_path, tiny_models):
     _run(["scripts/bench_teacher.py", "--model-dir", str(tiny_models["teacher"]), "--data-dir", str(FIXTURE_DATA),
           "--n-items", "3", "--batch-sizes", "1", "2", "--max-new-tokens", "3", "--top-k", "8", "--out", str(tmp_path)],
          tmp_path)
-    assert (tmp_path / "teacher.json").is_file() and "tokens/s" in (tmp_path / "teacher.md").read_text()
+    result = json.loads((tmp_path / "teacher.json").read_text())
+    configs = {(g["dtype"], g["batch_size"], g["share_prefix"]) for g in result["generation"]}
+    assert configs == {(d, 1, False) for d in ("float32", "bfloat16")} | {(d, 2, s) for d in ("float32", "bfloat16") for s in (False, True)}
+    fp32 = [g for g in result["generation"] if g["dtype"] == "float32"]
+    assert all(g["equal_to_own_bs1"] == "3/3" for g in fp32)  # batching never changes a greedy fp32 answer
+    assert [r["share_prefix"] for r in result["signal_pass"]["runs"]] == [False, True]
+    assert result["signal_pass"]["max_abs_prob_difference_shared_vs_plain"] < 1e-4
+    assert "tokens/s" in (tmp_path / "teacher.md").read_text()
 
 
 def test_other_scripts_have_help(tmp_path):
