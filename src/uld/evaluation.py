@@ -21,10 +21,10 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from types import SimpleNamespace
+from typing import Any, Optional, Sequence
 
 from uld.config import DataConfig, EvaluationConfig, ExperimentConfig, ModelConfig
 from uld.data import encode_prompt, encode_teacher_prompt, get_task, render_teacher_prompt, select_shots, test_split, training_pool
@@ -40,8 +40,10 @@ from uld.store import RunFolder
 log = logging.getLogger(__name__)
 
 __all__ = [
-        "generate_predictions",
+    "generate_predictions",
     "build_prompts",
+    "evaluation_model",
+    "run_prompts",
     "prompt_hash",
     "evaluate_model",
     "evaluate_run",
@@ -52,8 +54,6 @@ __all__ = [
 ]
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
-
-
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,8 +147,6 @@ def build_prompts(
         raise ValueError(f"target must be 'student' or 'teacher', got {target!r}")
     if tokenizer is None:
         raise ValueError("teacher prompts need the teacher's tokenizer (for its chat template)")
-    from types import SimpleNamespace
-
     entry = SimpleNamespace(system_role=system_role, chat_template=chat_template)
     return [render_teacher_prompt(task, ex, list(shots), entry, tokenizer, title=title) for ex in examples]
 
@@ -299,8 +297,6 @@ def _load(model_source, tokenizer, encoder_decoder, *, device, dtype):
         enc_dec = bool(getattr(model.config, "is_encoder_decoder", False)) if encoder_decoder is None else encoder_decoder
         info = {"name": getattr(model.config, "_name_or_path", "") or type(model).__name__}
     if device is None:
-        import torch
-
         device = str(dist().device)  # this process's device under `accelerate launch`
     model.to(device)
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
@@ -339,26 +335,28 @@ def evaluate_run(
     return _evaluate_run(bind_run_models(cfg), run, model_dir)
 
 
+def evaluation_model(cfg: ExperimentConfig, run: RunFolder, model_dir: str | os.PathLike | None = None):
+    """``(resolved model, checkpoint folder or None, checkpoint label or None)`` a run is evaluated with:
+    the teacher, the run's selected checkpoint, ``model_dir``, or the untrained student."""
+    ev = cfg.evaluation
+    if ev.target == "teacher":
+        return resolve_model(cfg.teacher), None, None
+    if model_dir is None and cfg.training.method == "none":
+        return resolve_model(cfg.student), None, None
+    folder = Path(model_dir) if model_dir is not None else run.file("checkpoints", ev.checkpoint)
+    if not folder.is_dir():
+        raise EvaluationError(f"checkpoint folder {folder} does not exist: train the run first (uld train) or pass model_dir")
+    resolved = resolve_model(ModelConfig(name=cfg.student.name, path=str(folder), dtype=cfg.student.dtype))
+    return resolved, folder, str(folder if model_dir is not None else ev.checkpoint)
+
+
 def _evaluate_run(cfg: ExperimentConfig, run: RunFolder, model_dir: str | os.PathLike | None) -> dict[str, Any]:
     ev = cfg.evaluation
     task = get_task(cfg.data.task)
     examples = test_split(cfg.data)
-    checkpoint: Optional[str] = None
-    folder = None
-    if ev.target == "teacher":
-        resolved = resolve_model(cfg.teacher)
-    elif model_dir is not None or cfg.training.method != "none":
-        folder = Path(model_dir) if model_dir is not None else run.file("checkpoints", ev.checkpoint)
-        if not folder.is_dir():
-            raise EvaluationError(
-                f"checkpoint folder {folder} does not exist: train the run first (uld train) or pass model_dir"
-            )
-        resolved = resolve_model(ModelConfig(name=cfg.student.name, path=str(folder), dtype=cfg.student.dtype))
-        checkpoint = str(folder if model_dir is not None else ev.checkpoint)
-    else:
-        resolved = resolve_model(cfg.student)
+    resolved, folder, checkpoint = evaluation_model(cfg, run, model_dir)
     tokenizer = load_tokenizer(resolved)
-    prompts, prompt_ids, shots = _run_prompts(cfg, task, examples, resolved, tokenizer)
+    prompts, prompt_ids, shots = run_prompts(cfg, task, examples, resolved, tokenizer)
     rows, record = evaluate_model(
         resolved, task, examples, ev, prompts=prompts, prompt_ids=prompt_ids, tokenizer=tokenizer, device=cfg.device,
     )
@@ -384,7 +382,7 @@ def _checkpoint_step(folder: Path) -> Optional[int]:
         return None
 
 
-def _run_prompts(cfg: ExperimentConfig, task, examples, resolved: ResolvedModel, tokenizer):
+def run_prompts(cfg: ExperimentConfig, task, examples, resolved: ResolvedModel, tokenizer):
     """(prompts, token ids or None, shots) of a run's evaluation: the teacher's few-shot chat prompts,
     tokenized exactly as the teacher stage feeds them, or the student's plain prompts."""
     ev = cfg.evaluation

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from uld.diagnostics import diagnose_missing
 from uld.distributed import dist, on_main
 from uld.errors import ConfigError, RunLocked
 from uld.pipeline import run_experiment
@@ -115,6 +116,8 @@ def build_table(
     spec = load_spec(spec) if isinstance(spec, str) else spec
     plan = plan_table(spec, preset=preset, store_root=store_root, overrides=overrides)
     launch = None if report_only else launch_missing(plan, force=force, runner=runner)
+    if launch is not None and getattr(spec, "diagnose", False):
+        launch.failed += on_main(lambda: diagnose_missing(plan.points)) or []
     out = Path(out_dir) if out_dir is not None else Path(store_root) / "tables"
     table = spec.collect(plan, reference=reference)
     kwargs = {"figures_dir": figures_dir(store_root)} if getattr(spec, "figure", None) is not None else {}

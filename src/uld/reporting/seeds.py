@@ -229,11 +229,12 @@ class FractionRows:
 @dataclass(frozen=True)
 class SeedTable(TableSpec):
     """A study of our runs: ``panels`` in order; ``figure(result, metric)`` draws its figure (or None);
-    ``label`` the LaTeX label."""
+    ``label`` the LaTeX label; ``diagnose``: building the table diagnoses its finished runs."""
 
     panels: tuple[Any, ...] = ()
     figure: Optional[Callable[..., Any]] = None
     label: str = ""
+    diagnose: bool = False  # building the table also writes each finished run's diagnostics.json (uld diagnose)
 
     def stem(self, preset: str) -> str:
         return f"table_{self.name}"  # one grid for every preset, so one file name

@@ -1,0 +1,204 @@
+"""Study arms: one row per experimental arm, ULD against the λ=0 runs it is compared with.
+
+An :class:`Arm` names the grid files (by stem) holding its ULD runs, the λ=0 runs it is contrasted with
+and its teacher's own evaluation, so arms that share a λ=0 baseline (a control, a dose, a sharper
+signal of the same teacher) are compared with the same runs. :class:`ArmRows` is the panel of a
+:class:`~uld.reporting.seeds.SeedTable`: per arm the teacher's F1 and its margin over the λ=0 student,
+the teacher signal's top-1 probability at the first answer token (from the runs' ``diagnostics.json``),
+λ=0 and ULD F1 (mean ± std over seeds) and the paired bootstrap interval of ULD − λ=0.
+:class:`DiagnosticRows` puts the students' own diagnostics beside them, and :func:`arms_figure` plots
+the contrast against the teacher's margin and confidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from uld.errors import ResultsError
+from uld.reporting.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, paired_contrast, seed_summary
+from uld.reporting.text import MISSING, markdown_grid, tex_pm
+
+__all__ = ["Arm", "ArmRows", "DiagnosticRows", "arms_figure"]
+
+DIAGNOSTICS_FILE = "diagnostics.json"  # written by uld.diagnostics (one layer up); read here only
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm: ``uld``, ``lambda0`` and ``teacher`` are grid-file stems (``headroom_2_baseline``);
+    ``where`` narrows the ULD runs of a file by their description (``(("lam", 0.1),)``)."""
+
+    name: str
+    uld: str
+    lambda0: str
+    teacher: str
+    where: tuple[tuple[str, Any], ...] = ()
+
+
+def _points(cells, stem: str, setting: str, where: Sequence[tuple[str, Any]] = ()) -> list[Any]:
+    return [p for p in cells.done if p.source.stem == stem and p.info["setting"] == setting
+            and all(p.info.get(k) == v for k, v in where)]
+
+
+def _f1(cells, points) -> Any:
+    ids = {p.run.id for p in points}
+    r = cells.runs
+    return seed_summary(r[r["run_id"].isin(list(ids)) & (r["metric"] == "f1")]["value"].tolist())
+
+
+def _diagnostic(points, *path: str) -> Optional[float]:
+    """Mean over ``points`` of a number in their ``diagnostics.json`` (None when no run has it)."""
+    vals = []
+    for p in points:
+        if not p.run.exists(DIAGNOSTICS_FILE):
+            continue
+        v: Any = p.run.read_json(DIAGNOSTICS_FILE)
+        for key in path:
+            v = v.get(key) if isinstance(v, dict) else None
+        if v is not None:
+            vals.append(float(v))
+    return sum(vals) / len(vals) if vals else None
+
+
+def _num(v: Optional[float], spec: str = ".2f") -> str:
+    return MISSING if v is None else format(v, spec)
+
+
+@dataclass(frozen=True)
+class ArmRows:
+    """Per arm: teacher F1 and margin over λ=0, the teacher signal's first-token top-1, λ=0 and ULD F1, ULD − λ=0."""
+
+    arms: tuple[Arm, ...]
+    heading: str = "Arms: ULD against λ=0 (F1)"
+
+    def collect(self, cells, metrics: Sequence[str]) -> dict:
+        rows, records = [], []
+        for arm in self.arms:
+            lam0, uld = _points(cells, arm.lambda0, "lambda0"), _points(cells, arm.uld, "uld", arm.where)
+            teacher = _points(cells, arm.teacher, "teacher")
+            s0, s1, st = _f1(cells, lam0), _f1(cells, uld), _f1(cells, teacher)
+            ci, note = None, None
+            if lam0 and uld:
+                try:
+                    ci = paired_contrast([p.run for p in uld], [p.run for p in lam0])
+                except (FileNotFoundError, ResultsError) as exc:
+                    note = f"{arm.name}: no interval, {exc}"
+            else:
+                note = f"{arm.name}: no interval yet, a cell has no finished run"
+            if note:
+                cells.notes.append(note)
+            margin = st.mean - s0.mean if st.mean is not None and s0.mean is not None else None
+            row = {"arm": arm, "teacher": st, "lambda0": s0, "uld": s1, "contrast": ci, "margin": margin,
+                   "teacher_top1": _diagnostic(uld, "teacher_signal", "first_token_top1"),
+                   "teacher_top1_all": _diagnostic(uld, "teacher_signal", "answer_top1"),
+                   "run_ids": {"lambda0": [p.run.id for p in lam0], "uld": [p.run.id for p in uld],
+                               "teacher": [p.run.id for p in teacher]}}
+            rows.append(row)
+            records += self._records(row)
+        return {"panel": self, "rows": rows, "records": records}
+
+    @staticmethod
+    def _records(row: dict) -> list[dict]:
+        name, ci = row["arm"].name, row["contrast"]
+        out = []
+        for setting in ("teacher", "lambda0", "uld"):
+            s = row[setting]
+            out.append({"part": f"arm:{name}", "setting": setting, "train_fraction": 1.0, "metric": "f1", "mean": s.mean,
+                        "std": s.std, "n_runs": s.n, "ci_low": None, "ci_high": None, "n_items": None,
+                        "run_ids": " ".join(row["run_ids"][setting])})
+        out.append({"part": f"arm:{name}", "setting": "uld-lambda0", "train_fraction": 1.0, "metric": "f1",
+                    "mean": ci.diff if ci else None, "std": None, "n_runs": None, "ci_low": ci.low if ci else None,
+                    "ci_high": ci.high if ci else None, "n_items": ci.n_items if ci else None,
+                    "run_ids": " ".join(row["run_ids"]["uld"] + row["run_ids"]["lambda0"])})
+        return out
+
+    def grid(self, out: dict) -> tuple[list[str], list[list[str]]]:
+        head = ["Arm", "Teacher F1", "Teacher top-1 (1st token)", "λ=0 F1", "ULD F1", "Teacher − λ=0", "ULD − λ=0",
+                "95% CI", "n (λ=0 / ULD)"]
+        body = []
+        for r in out["rows"]:
+            ci = r["contrast"]
+            body.append([r["arm"].name, r["teacher"].format(), _num(r["teacher_top1"], ".3f"), r["lambda0"].format(),
+                         r["uld"].format(), _num(r["margin"], "+.2f"), MISSING if ci is None else f"{ci.diff:+.2f}",
+                         MISSING if ci is None else f"[{ci.low:.2f}, {ci.high:.2f}]", f"{r['lambda0'].n} / {r['uld'].n}"])
+        return head, body
+
+    def markdown(self, out: dict, metrics: Sequence[str]) -> list[str]:
+        return (["", f"## {self.heading}", ""] + markdown_grid(*self.grid(out), n_left=1)
+                + ["", "Teacher top-1: mean probability of the cached teacher signal's top token at the first answer "
+                       "token of the training answers (at the signal's temperature), from the ULD runs' diagnostics. "
+                       f"Intervals: paired bootstrap over the evaluation questions, seeds averaged per question, "
+                       f"{BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}."])
+
+    def latex(self, out: dict, metrics: Sequence[str]) -> list[str]:
+        head, body = self.grid(out)
+        return (["", r"\smallskip", rf"\begin{{tabular}}{{l{'r' * (len(head) - 1)}}}", r"\toprule",
+                 " & ".join(tex_pm(h) for h in head) + r" \\", r"\midrule"]
+                + [" & ".join(tex_pm(c) for c in r) + r" \\" for r in body] + [r"\bottomrule", r"\end{tabular}"])
+
+
+@dataclass(frozen=True)
+class DiagnosticRows:
+    """Per arm, λ=0 against ULD on the evaluation questions: first-token top-1 and p(gold), span-start
+    errors, answer length (means over seeds of each run's ``diagnostics.json``)."""
+
+    arms: tuple[Arm, ...]
+    heading: str = "Diagnostics of the students (evaluation questions; λ=0 / ULD)"
+
+    QUANTITIES = (("First-token top-1", ("confidence_on_gold", "first_token_top1"), ".3f"),
+                  ("First-token p(gold)", ("confidence_on_gold", "first_token_p_gold"), ".3f"),
+                  ("Span-start errors", ("predictions", "span_start_error_rate"), ".3f"),
+                  ("Answer words", ("predictions", "mean_answer_words"), ".1f"))
+
+    def collect(self, cells, metrics: Sequence[str]) -> dict:
+        rows = []
+        for arm in self.arms:
+            lam0, uld = _points(cells, arm.lambda0, "lambda0"), _points(cells, arm.uld, "uld", arm.where)
+            rows.append({"arm": arm, "values": {label: (_diagnostic(lam0, *path), _diagnostic(uld, *path))
+                                                for label, path, _ in self.QUANTITIES}})
+        return {"panel": self, "rows": rows, "records": []}
+
+    def grid(self, out: dict) -> tuple[list[str], list[list[str]]]:
+        head = ["Arm"] + [label for label, _, _ in self.QUANTITIES]
+        body = [[r["arm"].name] + [f"{_num(r['values'][label][0], spec)} / {_num(r['values'][label][1], spec)}"
+                                   for label, _, spec in self.QUANTITIES] for r in out["rows"]]
+        return head, body
+
+    def markdown(self, out: dict, metrics: Sequence[str]) -> list[str]:
+        return (["", f"## {self.heading}", ""] + markdown_grid(*self.grid(out), n_left=1)
+                + ["", "Teacher-forced on each question's first reference with the prompt it was evaluated with "
+                       "(`uld diagnose`). Span-start error: a non-empty answer whose first word starts no reference."])
+
+    def latex(self, out: dict, metrics: Sequence[str]) -> list[str]:
+        head, body = self.grid(out)
+        return (["", r"\smallskip", rf"\begin{{tabular}}{{l{'c' * (len(head) - 1)}}}", r"\toprule",
+                 " & ".join(tex_pm(h) for h in head) + r" \\", r"\midrule"]
+                + [" & ".join(tex_pm(c) for c in r) + r" \\" for r in body] + [r"\bottomrule", r"\end{tabular}"])
+
+
+def arms_figure(table: Any, metric: str = "f1") -> Any:
+    """ULD − λ=0 (paired 95% interval) per arm against (a) the teacher's F1 margin over the λ=0 student and
+    (b) the teacher signal's first-token top-1. Arms without a number are left out."""
+    import matplotlib.pyplot as plt
+
+    out = table.panel(ArmRows)
+    rows = [r for r in (out["rows"] if out else []) if r["contrast"] is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6), sharey=True)
+    for ax, key, xlabel in ((axes[0], "margin", "teacher F1 − λ=0 student F1"),
+                            (axes[1], "teacher_top1", "teacher top-1 at the first answer token")):
+        pts = [r for r in rows if r[key] is not None]
+        for i, r in enumerate(pts):
+            ci = r["contrast"]
+            ax.errorbar(r[key], ci.diff, yerr=[[ci.diff - ci.low], [ci.high - ci.diff]], fmt="o", capsize=3,
+                        color=plt.cm.tab10(i % 10))
+            ax.annotate(r["arm"].name, (r[key], ci.diff), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.axhline(0.0, color="grey", linewidth=1, linestyle="--")
+        ax.set_xlabel(xlabel)
+        if not pts:
+            ax.text(0.5, 0.5, "no arm with both numbers yet", transform=ax.transAxes, ha="center", fontsize=8)
+    axes[0].set_ylabel("ULD − λ=0 (F1, 95% CI)")
+    axes[0].set_title("(a) teacher headroom")
+    axes[1].set_title("(b) teacher confidence")
+    fig.tight_layout()
+    return fig
