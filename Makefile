@@ -1,7 +1,9 @@
 # Developer entry points. Every target creates .venv and installs the project when needed.
 #   make smoke   end-to-end smoke reproduction (teacher answers -> lambda=0 / ULD students -> table + plot)
 #   make test    the default test suite (unit + integration, offline, CPU)
-#   make test-slow   slow tests too (real small models, full datasets)
+#   make test-ci     multi-process tests (2 CPU processes under accelerate launch: DDP, FSDP, sharded stages)
+#   make test-slow   slow tests too (real small models, full datasets, every fault point)
+#   make notebooks   execute analysis/*.py against the store and write analysis/*.ipynb with outputs
 # Variables: PYTHON (interpreter that creates .venv), TORCH (torch requirement installed first when no
 # NVIDIA GPU is visible; a CUDA machine gets the torch that pip resolves).
 
@@ -11,7 +13,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install smoke test test-slow bench notebooks small-models clean
+.PHONY: install smoke test test-ci test-slow bench notebooks small-models clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +30,14 @@ smoke: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+test-ci: $(STAMP)
+	$(BIN)/python -m pytest -m ci
+
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow or not slow"
+
+notebooks: $(STAMP)
+	$(BIN)/python scripts/build_notebooks.py
 
 small-models: $(STAMP)
 	PYTHON=$(BIN)/python ../shared/scripts/get-small-models

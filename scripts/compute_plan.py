@@ -18,7 +18,6 @@ import argparse
 import json
 import statistics
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 from transformers import AutoTokenizer

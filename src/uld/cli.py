@@ -42,21 +42,7 @@ def _load(args):
     return load_config(args.config, args.overrides)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="uld",
-        description=(
-            "Universal Logit Distillation (ULD): distil a teacher LLM into a student with a different "
-            "tokenizer. Stages: teacher answers (generate) -> student training (train) -> evaluation "
-            "(evaluate); `run` chains them for every point of a config's grid; `table` builds a paper table."
-        ),
-        epilog=EPILOG_OVERRIDES,
-    )
-    parser.add_argument("--version", action="version", version=f"uld {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
+def _add_run(sub) -> None:
     p = sub.add_parser("run", help="all stages of an experiment config (every grid point)",
                        description="Teacher generation, training and evaluation for every point of the "
                        "config's grid. Finished stages are skipped; a study table and plot are written "
@@ -68,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for another process computing the same run instead of failing")
     p.set_defaults(func=cmd_run)
 
+
+def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="teacher answers (+ cached teacher signal) for a config",
                        description="Generate teacher answers on the training pool and cache the teacher's "
                        "top-k sorted probabilities. Resumable; shard with `accelerate launch`.",
@@ -77,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for another process generating the same stage instead of failing")
     p.set_defaults(func=cmd_generate)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train the student of a config (one grid point)",
                        description="Train the student (the teacher stage runs first when the method needs "
                        "it). Use `accelerate launch -m uld train ...` for several GPUs/processes.",
@@ -89,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for another process training the same run instead of failing")
     p.set_defaults(func=cmd_train)
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="generate and score on a task's test split",
                        description="Three forms: `uld evaluate CONFIG [overrides]` evaluates a run; "
                        "`uld evaluate --checkpoint DIR --task T` evaluates any HF model folder or Hub id; "
@@ -108,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-evaluate (a run) or replace the scores in --out")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_table(sub) -> None:
     p = sub.add_parser("table", help="build a paper table (runs what is missing)",
                        description="Build one paper table: declares its grid, runs missing runs (unless "
                        "--report-only), writes markdown and LaTeX with the authors' numbers beside ours.")
@@ -119,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the table files (default: STORE/tables)")
     p.set_defaults(func=cmd_table)
 
+
+def _add_rehearse(sub) -> None:
     p = sub.add_parser("rehearse", help="run every paper-grid cell for a few steps on tiny models of the real architectures",
                        description="Every grid point of the paper tables, end to end (teacher answers, signal, "
                        "training, evaluation, table row), with the paper's prompts, shots, templates, lengths, batch "
@@ -131,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="local data folder (default: $ULD_DATA_DIR, else the Hub)")
     p.set_defaults(func=cmd_rehearse)
 
+
+def _add_store(sub) -> None:
     p = sub.add_parser("store", help="check or migrate a results store",
                        description="`uld store check` verifies every run and teacher-stage folder against the id "
                        "its config gives today and lists orphans, unfinished runs and leftovers of interrupted "
@@ -146,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--apply", action="store_true", help="rewrite the files (default: only list them)")
         q.set_defaults(func=func)
 
+
+def _add_diagnose(sub) -> None:
+    p = sub.add_parser("diagnose", help="confidence and error diagnostics of finished runs",
+                       description="For every finished grid point of a config: answer length and span-start errors "
+                       "of its predictions, and its model's top-1 probability and p(gold) at the first answer token "
+                       "on the evaluation questions (teacher-forced on the gold answer); written to "
+                       "<run>/diagnostics.json. Runs without results are skipped.", epilog=EPILOG_OVERRIDES)
+    _config_args(p)
+    p.add_argument("--force", action="store_true", help="recompute diagnostics that exist")
+    p.set_defaults(func=cmd_diagnose)
+
+
+def _add_data(sub) -> None:
     p = sub.add_parser("data", help="inspect tasks", description="Inspect the paper's tasks.")
     dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     dsub.required = True
@@ -158,12 +169,32 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print one JSON object")
     d.set_defaults(func=cmd_data_summary)
 
+
+def _add_config(sub) -> None:
     p = sub.add_parser("config", help="print the resolved config(s) and run ids",
                        description="Resolve a config (+overrides), validate it, and print every grid point's "
                        "run id and resolved YAML.", epilog=EPILOG_OVERRIDES)
     _config_args(p)
     p.add_argument("--ids", action="store_true", help="print only the run ids")
     p.set_defaults(func=cmd_config)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="uld",
+        description=(
+            "Universal Logit Distillation (ULD): distil a teacher LLM into a student with a different "
+            "tokenizer. Stages: teacher answers (generate) -> student training (train) -> evaluation "
+            "(evaluate); `run` chains them for every point of a config's grid; `table` builds a paper table."
+        ),
+        epilog=EPILOG_OVERRIDES,
+    )
+    parser.add_argument("--version", action="version", version=f"uld {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in (_add_run, _add_generate, _add_train, _add_evaluate, _add_table, _add_rehearse, _add_store, _add_diagnose,
+                _add_data, _add_config):
+        add(sub)
     return parser
 
 
@@ -308,6 +339,27 @@ def cmd_data_summary(args) -> int:
             tokenizers[Path(t).name or t] = AutoTokenizer.from_pretrained(t)
     summary = summarize_task(args.task, data_dir=args.data_dir, tokenizers=tokenizers or None)
     say(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
+    return 0
+
+
+def cmd_diagnose(args) -> int:
+    from uld.config import expand_grid
+    from uld.diagnostics import diagnose_run
+    from uld.store import find_run
+
+    cfg = _load(args)
+    done = 0
+    for point in expand_grid(cfg):
+        run = find_run(point)
+        if not run.is_complete:
+            say(f"skip {run.id}: no results yet")
+            continue
+        record = diagnose_run(point, run, force=args.force)
+        conf, pred = record["confidence_on_gold"], record["predictions"]
+        say(f"{run.id}: first-token top-1 {conf['first_token_top1']:.3f}, p(gold) {conf['first_token_p_gold']:.3f}, "
+            f"span-start errors {pred['span_start_error_rate']:.3f}, {pred['mean_answer_words']:.1f} words")
+        done += 1
+    say(f"{done} runs diagnosed")
     return 0
 
 

@@ -30,6 +30,7 @@ Dependency rule: this module imports only :mod:`uld.errors` from the package.
 
 from __future__ import annotations
 
+import hashlib
 import contextlib
 import errno
 import fcntl
@@ -464,8 +465,6 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict, dict]:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

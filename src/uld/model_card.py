@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from uld.config import ExperimentConfig
 from uld.methods import get_method
+from uld.models import load_registry
 
 __all__ = ["model_card"]
 
@@ -23,8 +24,6 @@ _METRIC_NAMES = {"f1": "token F1", "em": "exact match", "rouge1": "ROUGE-1", "ro
 
 
 def _hub_id(name: str) -> str:
-    from uld.models import load_registry
-
     entry = load_registry().get(name)
     return entry.hub_id if entry is not None else name
 

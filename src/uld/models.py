@@ -10,6 +10,7 @@ and ``trust_remote_code`` stays off unless the config asks for it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -173,8 +174,6 @@ def _complete_entry_from_folder(entry: ModelEntry, folder: Path) -> ModelEntry:
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
         return entry
-    import json
-
     conf = json.loads(cfg_file.read_text())
     if conf.get("is_encoder_decoder"):
         entry = dataclasses.replace(entry, arch="encoder-decoder")

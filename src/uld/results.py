@@ -18,12 +18,12 @@ from uld.config import ExperimentConfig, to_dict
 from uld.errors import ResultsError
 from uld.ids import run_id
 from uld.io import read_json, read_jsonl
+from uld.methods import METHODS
 from uld.reference import load_reference
 from uld.store import RunFolder, iter_runs
 
 __all__ = ["describe_config", "load_results", "load_training_logs", "COLUMNS", "SETTINGS", "setting_of"]
 
-_NO_DISTILL_TERM = ("none", "sft-gold", "sft-teacher")
 
 
 def _get(d: dict, dotted: str, default: Any = None) -> Any:
@@ -70,7 +70,9 @@ def describe_config(cfg: dict[str, Any] | ExperimentConfig, target: str | None =
         cfg = to_dict(cfg)
     target = target or _get(cfg, "evaluation.target", "student")
     method = _get(cfg, "training.method", "uld")
-    lam = 0.0 if method in _NO_DISTILL_TERM else float(_get(cfg, "training.lam", 0.0) or 0.0)
+    # a method without a distillation term trains with no λ, whatever the config says of it
+    known = METHODS.get(method)
+    lam = 0.0 if known is not None and not known.distills else float(_get(cfg, "training.lam", 0.0) or 0.0)
     shots = _get(cfg, "evaluation.shots", 0) if target == "student" else _get(cfg, "data.teacher_shots")
     teacher = _get(cfg, "teacher.name") or None
     student = _get(cfg, "student.name") or None

@@ -33,6 +33,7 @@ import os
 import platform
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -308,8 +309,6 @@ def _git_commit() -> str | None:
 
 def env_info() -> dict[str, Any]:
     """Versions, git commit and hardware: enough to tell two runs' environments apart."""
-    from importlib import metadata
-
     pkgs = {}
     for name in ("uld-repro", "torch", "transformers", "datasets", "accelerate", "evaluate", "bert-score", "rouge-score", "POT", "numpy", "pandas"):
         try:

@@ -102,3 +102,21 @@ def test_readme_uld_commands_parse(line):
         cfg = load_config(REPO / args.config, args.overrides)
         if args.command == "train":  # `uld train` takes exactly one grid point
             assert not cfg.grid, f"{line}: the config still sweeps {list(cfg.grid)}"
+
+
+@pytest.mark.parametrize("line", [c for c in _readme_commands() if c.startswith("accelerate launch")])
+def test_readme_accelerate_lines_name_shipped_configs_and_parse(line):
+    """`accelerate launch --config_file F -m uld ...` in the README: F is shipped and the uld part parses."""
+    words = shlex.split(line)
+    config_file = words[words.index("--config_file") + 1]
+    assert (REPO / config_file).is_file(), f"{line}: no {config_file}"
+    assert words[words.index("-m") + 1] == "uld", line
+    argv = words[words.index("-m") + 2:]
+    args = build_parser().parse_args(argv)
+    from uld.config import load_config
+
+    load_config(REPO / args.config, args.overrides)
+
+
+def test_readme_shows_a_multi_process_launch():
+    assert any(c.startswith("accelerate launch") for c in _readme_commands())

@@ -177,60 +177,48 @@ def encode_pair(
     truncated, dropped = False, 0
     if max_length is not None and length(prompt_ids, answer_ids) > max_length:
         if encoder_decoder and len(answer_ids) > max_length:
-            raise PromptTooLong(
-                f"answer of {len(answer_ids)} tokens exceeds max_length={max_length}",
-                n_tokens=len(answer_ids),
-                max_length=max_length,
-            )
+            raise PromptTooLong(f"answer of {len(answer_ids)} tokens exceeds max_length={max_length}",
+                                n_tokens=len(answer_ids), max_length=max_length)
         if not context:
-            raise PromptTooLong(
-                f"{length(prompt_ids, answer_ids)} tokens > max_length={max_length} and no context to shorten",
-                n_tokens=length(prompt_ids, answer_ids),
-                max_length=max_length,
-            )
-        at = prompt.index(context)
-        before, after = prompt[:at], prompt[at + len(context) :]
-        ctx_offsets = list(tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"])
-        # Token counts of the parts do not add up exactly (merges at the seams), so shorten by the
-        # overshoot and re-measure until the pair fits; each round removes at least one token.
-        keep = len(ctx_offsets) - (length(prompt_ids, answer_ids) - max_length)
-        while True:
-            keep = max(keep, 0)
-            cut = ctx_offsets[keep - 1][1] if keep > 0 else 0
-            prompt_ids, answer_ids, starts = build(before + context[:cut] + after)
-            over = length(prompt_ids, answer_ids) - max_length
-            if over <= 0:
-                truncated, dropped = True, len(context) - cut
-                break
-            if keep == 0:
-                raise PromptTooLong(
-                    f"{length(prompt_ids, answer_ids)} tokens > max_length={max_length} even with an empty context",
-                    n_tokens=length(prompt_ids, answer_ids),
-                    max_length=max_length,
-                )
-            keep -= over
+            n = length(prompt_ids, answer_ids)
+            raise PromptTooLong(f"{n} tokens > max_length={max_length} and no context to shorten",
+                                n_tokens=n, max_length=max_length)
+        (prompt_ids, answer_ids, starts), dropped = _shorten_context(tokenizer, prompt, context, max_length, build, length)
+        truncated = True
+    return _assemble(prompt_ids, answer_ids, starts, truncated, dropped, encoder_decoder)
 
+
+def _shorten_context(tokenizer, prompt: str, context: str, max_length: int, build, length):
+    """The pair rebuilt with the context cut at a token boundary so that it fits: ``(pair, chars dropped)``."""
+    at = prompt.index(context)
+    before, after = prompt[:at], prompt[at + len(context) :]
+    ctx_offsets = list(tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"])
+    # Token counts of the parts do not add up exactly (merges at the seams), so shorten by the
+    # overshoot and re-measure until the pair fits; each round removes at least one token.
+    keep = len(ctx_offsets) - (length(*build(prompt)[:2]) - max_length)
+    while True:
+        keep = max(keep, 0)
+        cut = ctx_offsets[keep - 1][1] if keep > 0 else 0
+        pair = build(before + context[:cut] + after)
+        over = length(pair[0], pair[1]) - max_length
+        if over <= 0:
+            return pair, len(context) - cut
+        if keep == 0:
+            n = length(pair[0], pair[1])
+            raise PromptTooLong(f"{n} tokens > max_length={max_length} even with an empty context",
+                                n_tokens=n, max_length=max_length)
+        keep -= over
+
+
+def _assemble(prompt_ids, answer_ids, starts, truncated: bool, dropped: int, encoder_decoder: bool) -> Encoded:
     if encoder_decoder:
-        return Encoded(
-            input_ids=prompt_ids,
-            labels=list(answer_ids),
-            attention_mask=[1] * len(prompt_ids),
-            answer_char_starts=starts,
-            truncated=truncated,
-            context_chars_dropped=dropped,
-            encoder_decoder=True,
-            prompt_length=len(prompt_ids),
-        )
-    return Encoded(
-        input_ids=prompt_ids + answer_ids,
-        labels=[IGNORE_INDEX] * len(prompt_ids) + answer_ids,
-        attention_mask=[1] * (len(prompt_ids) + len(answer_ids)),
-        answer_char_starts=starts,
-        truncated=truncated,
-        context_chars_dropped=dropped,
-        encoder_decoder=False,
-        prompt_length=len(prompt_ids),
-    )
+        return Encoded(input_ids=prompt_ids, labels=list(answer_ids), attention_mask=[1] * len(prompt_ids),
+                       answer_char_starts=starts, truncated=truncated, context_chars_dropped=dropped,
+                       encoder_decoder=True, prompt_length=len(prompt_ids))
+    return Encoded(input_ids=prompt_ids + answer_ids, labels=[IGNORE_INDEX] * len(prompt_ids) + answer_ids,
+                   attention_mask=[1] * (len(prompt_ids) + len(answer_ids)), answer_char_starts=starts,
+                   truncated=truncated, context_chars_dropped=dropped, encoder_decoder=False,
+                   prompt_length=len(prompt_ids))
 
 
 def _pad(rows: Sequence[Sequence[int]], value: int, side: str, length: int | None = None):

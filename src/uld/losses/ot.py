@@ -130,8 +130,6 @@ def uld_ot(
     all pairs at once); the transport cost ``<T, M>`` is returned. Differentiable w.r.t. the student
     logits through the transported masses (the cost matrix is constant).
     """
-    import ot  # POT is only needed for this ablation
-
     _check_logits("student_logits", student_logits)
     _check_logits("teacher_logits", teacher_logits)
     _check_reduction(reduction)
@@ -154,28 +152,38 @@ def uld_ot(
     a, s_ids = top(student_logits, s_row, s_pos, student_temperature)
     with torch.no_grad():
         b, t_ids = top(teacher_logits.detach(), t_row, t_pos, teacher_temperature)
-    n_pairs = a.shape[0]
+    m = _cost_matrix(cost, s_ids, t_ids, a.shape[0], k, a.device)
+    # Equal masses up to rounding: renormalise so the solvers' marginal checks hold.
+    a = a / a.sum(-1, keepdim=True)
+    b = b / b.sum(-1, keepdim=True)
+    dist = _transport(a, b, m, solver=solver, reg=reg, max_iter=max_iter)
+    return _reduce((2.0 * dist).to(_compute_dtype(student_logits.dtype)), s_row, student_logits.shape[0], reduction)
+
+
+def _cost_matrix(cost, s_ids: Tensor, t_ids: Tensor, n_pairs: int, k: int, device) -> Tensor:
+    """``[n_pairs, k+1, k+1]``: the token-to-token cost, 1 to or from a tail bin, 0 tail to tail."""
     if cost == "uniform":
-        c = 1.0 - torch.eye(k, dtype=torch.float64, device=a.device).expand(n_pairs, k, k)
+        c = 1.0 - torch.eye(k, dtype=torch.float64, device=device).expand(n_pairs, k, k)
     elif callable(cost):
-        c = torch.as_tensor(cost(s_ids, t_ids)).to(device=a.device, dtype=torch.float64)
+        c = torch.as_tensor(cost(s_ids, t_ids)).to(device=device, dtype=torch.float64)
         if c.shape != (n_pairs, k, k):
             raise ValueError(f"cost function returned shape {tuple(c.shape)}, expected {(n_pairs, k, k)}")
     else:
         raise ValueError(f"cost must be 'uniform' or a callable (see levenshtein_cost), got {cost!r}")
-    m = torch.ones(n_pairs, k + 1, k + 1, dtype=torch.float64, device=a.device)
+    m = torch.ones(n_pairs, k + 1, k + 1, dtype=torch.float64, device=device)
     m[:, :k, :k] = c
     m[:, k, k] = 0.0
-    # Equal masses up to rounding: renormalise so the solvers' marginal checks hold.
-    a = a / a.sum(-1, keepdim=True)
-    b = b / b.sum(-1, keepdim=True)
-    if n_pairs == 0:
-        dist = a.sum(-1)
-    elif solver == "emd":
-        dist = torch.stack([ot.emd2(a[i].cpu(), b[i].cpu(), m[i].cpu()) for i in range(n_pairs)]).to(a.device)
-    else:
-        from ot.batch import solve_batch
+    return m
 
-        res = solve_batch(m, reg, a, b, max_iter=max_iter, method="log_sinkhorn", grad="autodiff")
-        dist = res.value_linear
-    return _reduce((2.0 * dist).to(_compute_dtype(student_logits.dtype)), s_row, student_logits.shape[0], reduction)
+
+def _transport(a: Tensor, b: Tensor, m: Tensor, *, solver: str, reg: float, max_iter: int) -> Tensor:
+    """Optimal transport cost per pair ``[n_pairs]`` (exact network simplex or log-domain Sinkhorn)."""
+    import ot  # POT is only needed for this ablation
+
+    if a.shape[0] == 0:
+        return a.sum(-1)
+    if solver == "emd":
+        return torch.stack([ot.emd2(a[i].cpu(), b[i].cpu(), m[i].cpu()) for i in range(a.shape[0])]).to(a.device)
+    from ot.batch import solve_batch
+
+    return solve_batch(m, reg, a, b, max_iter=max_iter, method="log_sinkhorn", grad="autodiff").value_linear

@@ -43,8 +43,9 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader
 
+from uld.answers import check_signal_matches, read_answers
 from uld.config import ExperimentConfig, to_dict
-from uld.distributed import dist, on_main
+from uld.distributed import accelerator, dist, on_main
 from uld.errors import TrainingDiverged, TrainingError
 from uld.ids import resume_key
 from uld.io import append_jsonl, atomic_write_json, read_jsonl, recover_dir, remove, write_jsonl
@@ -57,7 +58,7 @@ from uld.training.objectives import answer_nll, build_ot_cost, compute_losses, s
 from uld.training.optim import build_optimizer, build_scheduler, plan_steps, resolve_lr
 from uld.training.parallel import cpu_fsdp_requested, shard
 from uld.training.rows import DistillationCollator, DistillationDataset, EpochSampler, encode_rows, load_training_rows
-from uld.training.state import STATE_FILE, Checkpointer, TrainState, copy_hf, read_trainer_json, save_hf
+from uld.training.state import Checkpointer, TrainState, copy_hf, read_trainer_json, save_hf
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +154,9 @@ class _Session:
     """One attempt at training ``cfg`` into the folder ``out``."""
 
     def __init__(self, cfg: ExperimentConfig, out: Path, teacher_dir: Optional[Path], *, run_id: str):
-        from accelerate import Accelerator
-
         self.cfg, self.t, self.out, self.teacher_dir, self.run_id = cfg, cfg.training, Path(out), teacher_dir, run_id
         self.method = get_method(cfg.training.method)
-        self.acc = Accelerator(mixed_precision=self.t.mixed_precision, log_with=list(self.t.trackers) or None,
+        self.acc = accelerator(self.t.mixed_precision, log_with=list(self.t.trackers) or None,
                                project_dir=str(self.out))
         self.main, self.world = self.acc.is_main_process, self.acc.num_processes
         self.metrics_path = self.out / "metrics.jsonl"
@@ -234,8 +233,6 @@ class _Session:
         return TeacherSignalStore(sig, expect_k=cfg.generation.top_k_signal, expect_temperature=cfg.generation.signal_temperature)
 
     def _load_data(self) -> None:
-        from uld.answers import check_signal_matches, read_answers
-
         t = self.t
         train_rows, val_rows, self.data_info = load_training_rows(self.cfg, self.teacher_dir)
         if self.store is not None:

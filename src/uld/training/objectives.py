@@ -15,12 +15,14 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from transformers import AutoModel
 
 from uld import losses
 from uld.alignment import offset_masks
 from uld.config import ExperimentConfig, ModelConfig, TrainingConfig
 from uld.errors import TrainingError
 from uld.methods import DistillInputs, get_method
+from uld.models import load_tokenizer, resolve_model
 from uld.signal import answer_logits
 
 __all__ = ["LossOutput", "compute_losses", "student_answer_logits", "answer_nll", "build_ot_cost"]
@@ -151,10 +153,6 @@ def _vocab_strings(tok: Any, size: int) -> list[str]:
 def _embedder(name: str, device: torch.device) -> Callable[[list[str]], torch.Tensor]:
     """``texts -> [n, d]``: mean-pooled last hidden states of one shared encoder (e.g. a sentence-embedding
     model), memoised per string since training meets the same top-k tokens again and again."""
-    from transformers import AutoModel
-
-    from uld.models import load_tokenizer, resolve_model
-
     resolved = resolve_model(ModelConfig(name=name))
     tok = load_tokenizer(resolved)
     model = AutoModel.from_pretrained(resolved.source, revision=resolved.revision, use_safetensors=True,

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from uld.errors import TrainingError
+
 log = logging.getLogger(__name__)
 
 __all__ = ["cpu_fsdp_requested", "shard", "is_sharded", "full_model_state"]
@@ -29,8 +31,6 @@ def cpu_fsdp_requested(accelerator: Any) -> bool:
     asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     if asked and accelerator.distributed_type == DistributedType.MULTI_CPU:
         if os.environ.get("FSDP_VERSION", "2") != "2":
-            from uld.errors import TrainingError
-
             raise TrainingError("FSDP on CPU processes needs fsdp_version: 2 in the accelerate config")
         return True
     return False
