@@ -7,7 +7,7 @@ ids and chunk numbers abstracted) is then hit by a run with ``ULD_FAULT_AT``, wh
 SIGKILL would (exit 137, no clean-up), and the same command is run again. The store must then hold
 exactly what the reference run wrote, and nothing left over.
 
-The default test run kills at a dozen points spread over the stages; ``-m slow`` kills at all of them.
+The default test run kills at seven points spread over the stages; ``-m ci`` (CI) and ``-m slow`` kill at all of them.
 """
 
 from __future__ import annotations
@@ -156,6 +156,7 @@ def test_a_kill_at_a_sampled_point_recovers(tiny_models, tmp_path, reference, si
 
 
 @pytest.mark.slow
+@pytest.mark.ci  # about half an hour: CI runs it after the default run (make test-ci)
 def test_a_kill_at_every_point_recovers(tiny_models, tmp_path, reference):
     """All distinct fault points (about 90); reports every one that fails, not just the first."""
     failures = []

@@ -50,3 +50,40 @@ def test_readme_quotes_the_committed_micro_table(store):
     section = _micro_section()
     missing = [ln for ln in quoted if ln not in section]
     assert not missing, f"README Micro-replication section does not quote {store.name}'s table: {missing}"
+
+
+# ---- the headroom study ("When does ULD help?") -----------------------------------------------------
+
+HEADROOM = REPO / "results" / "tables" / "table_headroom.md"
+
+
+def _headroom_section() -> str:
+    readme = (REPO / "README.md").read_text()
+    assert "\n## When does ULD help?" in readme, "README has no 'When does ULD help?' section"
+    return readme.split("\n## When does ULD help?", 1)[1].split("\n## ", 1)[0]
+
+
+def test_committed_headroom_table_is_rendered_from_the_committed_runs(tmp_path):
+    if not HEADROOM.is_file():
+        pytest.skip("no committed headroom table")
+    copy = tmp_path / "store"
+    copy.mkdir()
+    shutil.copytree(REPO / "results" / "runs", copy / "runs", ignore=shutil.ignore_patterns("checkpoints"))
+    built = tables.build_table("headroom", report_only=True, store_root=copy, out_dir=tmp_path / "tables")
+    assert built.table.n_complete > 0
+    assert built.paths["md"].read_text() == HEADROOM.read_text()
+    assert built.paths["csv"].read_text() == HEADROOM.with_name("table_headroom.cells.csv").read_text()
+
+
+def test_readme_quotes_the_committed_headroom_table():
+    if not HEADROOM.is_file():
+        pytest.skip("no committed headroom table")
+    lines = HEADROOM.read_text().splitlines()
+    # every arm or setting row that has a number, and the line saying how much of the grid has run
+    quoted = [ln for ln in lines if ln.startswith("| ") and not ln.startswith("| Arm") and not ln.startswith("| Setting")
+              and any(ch.isdigit() for ch in ln.replace("| 0 / 0 |", ""))]
+    quoted += [ln for ln in lines if " grid points have results." in ln]
+    assert len(quoted) >= 3
+    section = _headroom_section()
+    missing = [ln for ln in quoted if ln not in section]
+    assert not missing, f"README 'When does ULD help?' does not quote the committed headroom table: {missing}"

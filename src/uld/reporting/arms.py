@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 
 from uld.errors import ResultsError
 from uld.reporting.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, paired_contrast, seed_summary
-from uld.reporting.text import MISSING, markdown_grid, tex_pm
+from uld.reporting.text import MISSING, latex_grid, panel_markdown
 
 __all__ = ["Arm", "ArmRows", "DiagnosticRows", "arms_figure"]
 
@@ -125,17 +125,14 @@ class ArmRows:
         return head, body
 
     def markdown(self, out: dict, metrics: Sequence[str]) -> list[str]:
-        return (["", f"## {self.heading}", ""] + markdown_grid(*self.grid(out), n_left=1)
-                + ["", "Teacher top-1: mean probability of the cached teacher signal's top token at the first answer "
-                       "token of the training answers (at the signal's temperature), from the ULD runs' diagnostics. "
-                       f"Intervals: paired bootstrap over the evaluation questions, seeds averaged per question, "
-                       f"{BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}."])
+        return panel_markdown(self.heading, *self.grid(out),
+                              "Teacher top-1: mean probability of the cached teacher signal's top token at the first answer "
+                              "token of the training answers (at the signal's temperature), from the ULD runs' diagnostics. "
+                              f"Intervals: paired bootstrap over the evaluation questions, seeds averaged per question, "
+                              f"{BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}.")
 
     def latex(self, out: dict, metrics: Sequence[str]) -> list[str]:
-        head, body = self.grid(out)
-        return (["", r"\smallskip", rf"\begin{{tabular}}{{l{'r' * (len(head) - 1)}}}", r"\toprule",
-                 " & ".join(tex_pm(h) for h in head) + r" \\", r"\midrule"]
-                + [" & ".join(tex_pm(c) for c in r) + r" \\" for r in body] + [r"\bottomrule", r"\end{tabular}"])
+        return latex_grid(*self.grid(out))
 
 
 @dataclass(frozen=True)
@@ -166,15 +163,12 @@ class DiagnosticRows:
         return head, body
 
     def markdown(self, out: dict, metrics: Sequence[str]) -> list[str]:
-        return (["", f"## {self.heading}", ""] + markdown_grid(*self.grid(out), n_left=1)
-                + ["", "Teacher-forced on each question's first reference with the prompt it was evaluated with "
-                       "(`uld diagnose`). Span-start error: a non-empty answer whose first word starts no reference."])
+        return panel_markdown(self.heading, *self.grid(out),
+                              "Teacher-forced on each question's first reference with the prompt it was evaluated with "
+                              "(`uld diagnose`). Span-start error: a non-empty answer whose first word starts no reference.")
 
     def latex(self, out: dict, metrics: Sequence[str]) -> list[str]:
-        head, body = self.grid(out)
-        return (["", r"\smallskip", rf"\begin{{tabular}}{{l{'c' * (len(head) - 1)}}}", r"\toprule",
-                 " & ".join(tex_pm(h) for h in head) + r" \\", r"\midrule"]
-                + [" & ".join(tex_pm(c) for c in r) + r" \\" for r in body] + [r"\bottomrule", r"\end{tabular}"])
+        return latex_grid(*self.grid(out), align="c")
 
 
 def arms_figure(table: Any, metric: str = "f1") -> Any:

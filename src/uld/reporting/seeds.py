@@ -22,7 +22,8 @@ from uld.io import atomic_write_text
 from uld.reporting.figures import save_figure
 from uld.reporting.spec import GridPoint, TablePlan, TableSpec
 from uld.reporting.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, BootstrapCI, SeedSummary, paired_contrast, seed_summary
-from uld.reporting.text import METRIC_LABELS, MISSING, SETTING_LABELS, fixture_lines, label, markdown_grid, tex_pm
+from uld.reporting.text import (METRIC_LABELS, MISSING, SETTING_LABELS, fixture_lines, label, latex_grid, markdown_grid,
+                               panel_markdown, tex_pm)
 from uld.results import load_results
 from uld.store import RunFolder
 
@@ -210,15 +211,12 @@ class FractionRows:
         return head, body
 
     def markdown(self, out: dict, metrics: Sequence[str]) -> list[str]:
-        return (["", f"## {self.heading}", ""] + markdown_grid(*self.grid(out), n_left=1)
-                + ["", f"Intervals: paired bootstrap over the evaluation questions, seeds averaged per question, "
-                       f"{BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}."])
+        return panel_markdown(self.heading, *self.grid(out),
+                              f"Intervals: paired bootstrap over the evaluation questions, seeds averaged per question, "
+                              f"{BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}.")
 
     def latex(self, out: dict, metrics: Sequence[str]) -> list[str]:
-        head, body = self.grid(out)
-        return (["", r"\smallskip", rf"\begin{{tabular}}{{l{'r' * (len(head) - 1)}}}", r"\toprule",
-                 " & ".join(tex_pm(h) for h in head) + r" \\", r"\midrule"]
-                + [" & ".join(tex_pm(c) for c in r) + r" \\" for r in body] + [r"\bottomrule", r"\end{tabular}"])
+        return latex_grid(*self.grid(out))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any, Optional, Sequence
 
 from uld.store import store_info
 
-__all__ = ["MISSING", "METRIC_LABELS", "SETTING_LABELS", "LABEL_HEADERS", "none", "fmt", "label", "tex", "tex_pm",
+__all__ = ["MISSING", "METRIC_LABELS", "SETTING_LABELS", "LABEL_HEADERS", "none", "fmt", "label", "tex", "tex_pm", "latex_grid", "panel_markdown",
            "markdown_grid", "fixture_lines"]
 
 MISSING = "–"  # en dash: a cell with no number
@@ -83,6 +83,18 @@ def markdown_grid(header: Sequence[str], body: Sequence[Sequence[str]], n_left: 
     """A markdown table: the first ``n_left`` columns left-aligned, the others right-aligned."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":--"] * n_left + ["--:"] * (len(header) - n_left)) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in body]
+
+
+def latex_grid(header: Sequence[str], body: Sequence[Sequence[str]], align: str = "r") -> list[str]:
+    """A booktabs tabular of a panel (first column left, the others ``align``), opened by a small skip."""
+    return (["", r"\smallskip", rf"\begin{{tabular}}{{l{align * (len(header) - 1)}}}", r"\toprule",
+             " & ".join(tex_pm(h) for h in header) + r" \\", r"\midrule"]
+            + [" & ".join(tex_pm(c) for c in row) + r" \\" for row in body] + [r"\bottomrule", r"\end{tabular}"])
+
+
+def panel_markdown(heading: str, header: Sequence[str], body: Sequence[Sequence[str]], note: str) -> list[str]:
+    """A panel in markdown: its heading, the grid (first column left-aligned) and a note under it."""
+    return ["", f"## {heading}", ""] + markdown_grid(header, body, n_left=1) + ["", note]
 
 
 def fixture_lines(store_root: Optional[Path]) -> list[str]:
