@@ -34,11 +34,8 @@ if cost.empty:
     print("no ULD-OT runs in", STORE, "- showing the authors' closed-form ULD F1")
     authors = df[(df["source"] == "authors") & (df["setting"] == "uld") & (df["metric"] == "f1")
                  & (df["train_fraction"] == 1.0)]
-    g = sns.catplot(data=authors, x="task", y="value", hue="student", col="teacher", kind="bar", height=3,
-                    aspect=1.4, errorbar=None)
-    g.set_axis_labels("", "F1 (authors, closed-form ULD)")
-    g.figure.suptitle("No ULD-OT run in this store yet: the authors' closed-form ULD", y=1.04)
-    finish(g.figure, "cost_ablation")
+    finish(reporting.authors_bars(authors, "value", "F1 (authors, closed-form ULD)",
+                                  "No ULD-OT run in this store yet: the authors' closed-form ULD"), "cost_ablation")
 else:
     g = sns.catplot(
         data=cost, x="cost", y="value", hue="source", col="panel", col_wrap=3, kind="bar",

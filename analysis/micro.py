@@ -16,9 +16,7 @@
 # Gemma-3-270M teaching SmolLM2-135M-Instruct on 200 SQuAD items, 3 seeds per trained setting (`experiments/micro/`, `paper_tables/table_micro.py`). Left: every setting on the full slice, mean ± std over seeds with each seed as a dot; right: λ=0 and ULD on 25/50/100% of the slice. The interval is a paired bootstrap of ULD − λ=0 over the evaluation questions, seeds averaged per question. The study may also live in stores of its own next to the main one (`results/micro_<hardware>/`, e.g. the same grid run on a GPU); each is shown with the hardware its runs record.
 
 # %%
-import seaborn as sns
-
-from uld import reporting, results
+from uld import reporting
 
 nb = reporting.notebook_setup()  # headless plotting; prints the store it reads
 STORE, finish = nb.store, nb.finish

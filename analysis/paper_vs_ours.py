@@ -38,11 +38,8 @@ if clean.empty:
                  & df["setting"].isin(["lambda0", "uld"])]
     wide = authors.pivot_table(index=["task", "teacher", "student"], columns="setting", values="value").dropna()
     gain = (wide["uld"] - wide["lambda0"]).rename("gain").reset_index()
-    g = sns.catplot(data=gain, x="task", y="gain", hue="student", col="teacher", kind="bar", height=3,
-                    aspect=1.4, errorbar=None)
-    g.set_axis_labels("", "ULD − λ=0 (F1, authors)")
-    g.figure.suptitle("No paper-scale run in this store yet: the authors' ULD gain to reproduce", y=1.04)
-    finish(g.figure, "paper_vs_ours")
+    finish(reporting.authors_bars(gain, "gain", "ULD − λ=0 (F1, authors)",
+                                  "No paper-scale run in this store yet: the authors' ULD gain to reproduce"), "paper_vs_ours")
 else:
     g = sns.relplot(
         data=clean, x="authors", y="ours", hue="setting", style="task", col="metric", kind="scatter",

@@ -11,7 +11,8 @@ from uld.io import replace
 from uld.reporting.stats import seed_summary
 from uld.reporting.text import METRIC_LABELS, SETTING_LABELS
 
-__all__ = ["RESULTS_ENV", "FIGURES_ENV", "results_dir", "figures_dir", "save_figure", "settings_and_fractions_figure"]
+__all__ = ["RESULTS_ENV", "FIGURES_ENV", "results_dir", "figures_dir", "save_figure", "settings_and_fractions_figure",
+           "authors_bars"]
 
 RESULTS_ENV = "ULD_RESULTS_DIR"
 FIGURES_ENV = "ULD_FIGURES_DIR"
@@ -93,3 +94,16 @@ def settings_and_fractions_figure(table: Any, metric: str = "f1") -> Any:
         ax_b.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def authors_bars(frame: Any, y: str, ylabel: str, title: str) -> Any:
+    """Bars of the authors' numbers per task (hue: student, one panel per teacher), for a figure whose own
+    runs are not in the store yet: what they will be compared with. ``frame`` has task, student,
+    teacher and ``y`` columns."""
+    import seaborn as sns
+
+    g = sns.catplot(data=frame, x="task", y=y, hue="student", col="teacher", kind="bar", height=3, aspect=1.4,
+                    errorbar=None)
+    g.set_axis_labels("", ylabel)
+    g.figure.suptitle(title, y=1.04)
+    return g.figure
