@@ -137,19 +137,29 @@ def fits_window(model, width: int, max_new_tokens: int = 0) -> bool:
     return window is None or width + max_new_tokens <= window
 
 
+def usable_prefix(model, rows: Sequence[Sequence[int]], *, max_new_tokens: int = 0, cap: Optional[int] = None) -> int:
+    """Tokens of the prefix ``rows`` share that are worth computing once (at most ``cap``), or 0: a single
+    row, a prefix under ``MIN_SHARED_PREFIX`` tokens, or a batch too wide for the model's sliding window."""
+    if len(rows) < 2:
+        return 0
+    shared = common_prefix_len(rows)
+    if cap is not None:
+        shared = min(shared, cap)
+    width = max(len(r) for r in rows)
+    return shared if shared >= MIN_SHARED_PREFIX and fits_window(model, width, max_new_tokens) else 0
+
+
+def prefix_cache(model, prefix_ids: torch.Tensor, n_rows: int):
+    """The KV cache of one row's ``prefix_ids [1, S]``, repeated for ``n_rows`` rows."""
+    cache = model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1).past_key_values
+    cache.batch_repeat_interleave(n_rows)
+    return cache
+
+
 def _prepare(model, rows, pad_id, *, encoder_decoder: bool, share_prefix: bool, max_new_tokens: int, device) -> _Batch:
-    shared = 0
-    if share_prefix and not encoder_decoder and len(rows) > 1:
-        shared = common_prefix_len(rows)
-        width = max(len(r) for r in rows)
-        if shared < MIN_SHARED_PREFIX or not fits_window(model, width, max_new_tokens):
-            shared = 0
+    shared = usable_prefix(model, rows, max_new_tokens=max_new_tokens) if share_prefix and not encoder_decoder else 0
     ids, mask = layout(rows, pad_id, shared=shared, right_pad=encoder_decoder)
-    cache = None
-    if shared:
-        out = model(input_ids=ids[:1, :shared].to(device), use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(len(rows))
+    cache = prefix_cache(model, ids[:1, :shared].to(device), len(rows)) if shared else None
     return _Batch(ids.to(device), mask.to(device), cache, shared)
 
 

@@ -25,6 +25,7 @@ import typing
 from typing import Any, Iterator
 
 from uld.config import RENAMED, RETIRED, ExperimentConfig
+from uld.typed import to_dict
 
 __all__ = [
     "HASH_EXCLUDED",
@@ -128,16 +129,6 @@ def _get(obj: Any, path: str) -> Any:
     return obj
 
 
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 def _put(tree: dict, path: str, value: Any) -> None:
     parts = path.split(".")
     for part in parts[:-1]:
@@ -156,8 +147,8 @@ def identity(cfg: ExperimentConfig, *, v1: frozenset, include=lambda legacy: Tru
         legacy = legacy_of.get(path, path)
         if path in exclude or legacy in exclude or not include(legacy):
             continue
-        value = _plain(_get(cfg, path))
-        if legacy not in v1 and value == _plain(_default(f)):
+        value = to_dict(_get(cfg, path))
+        if legacy not in v1 and value == to_dict(_default(f)):
             continue
         _put(tree, legacy, value)
     for legacy, value in RETIRED.items():

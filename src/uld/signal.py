@@ -38,7 +38,7 @@ import torch
 from uld.errors import SignalError
 from uld.data.teacher_prompts import encode_teacher_pair
 from uld.io import atomic_write_json, load_npy, read_json, read_parquet, replace, write_parquet
-from uld.generation import MIN_SHARED_PREFIX, common_prefix_len, fits_window, layout
+from uld.generation import layout, prefix_cache, usable_prefix
 from uld.losses import TeacherSignal, answer_logit_mask, fold_tail, teacher_signal_from_logits
 
 __all__ = [
@@ -93,10 +93,8 @@ def answer_logits(
     if shared:
         if shared > first:
             raise ValueError(f"shared prefix of {shared} tokens reaches the answer columns (first at {first})")
-        cache = model(input_ids=input_ids[:1, :shared], use_cache=True, logits_to_keep=1).past_key_values
-        cache.batch_repeat_interleave(input_ids.shape[0])
         kwargs["input_ids"] = input_ids[:, shared:]
-        kwargs["past_key_values"] = cache
+        kwargs["past_key_values"] = prefix_cache(model, input_ids[:1, :shared], input_ids.shape[0])
         if "position_ids" in kwargs:
             kwargs["position_ids"] = kwargs["position_ids"][:, shared:]
     if _accepts(model, "logits_to_keep"):
@@ -161,9 +159,7 @@ def _shared_prefix(model, pairs: Sequence[tuple[list[int], list[int]]]) -> int:
     if len(pairs) < 2:
         return 0
     before_answer = min(next((j for j, y in enumerate(lab) if y != -100), len(lab)) for _, lab in pairs)
-    shared = min(common_prefix_len([x for x, _ in pairs]), before_answer - 1)
-    width = max(len(x) for x, _ in pairs)
-    return shared if shared >= MIN_SHARED_PREFIX and fits_window(model, width) else 0
+    return usable_prefix(model, [x for x, _ in pairs], cap=before_answer - 1)
 
 
 def pad_rows(rows: Sequence[tuple[torch.Tensor, torch.Tensor]], k: int, dtype=torch.float32) -> tuple[TeacherSignal, torch.Tensor]:

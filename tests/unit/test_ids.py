@@ -37,7 +37,7 @@ def test_defaults_of_hashed_fields_are_unchanged():
     """Every id depends on these defaults: changing one moves every config that relies on it to a new id,
     or (for a field hashed only when set) silently reuses old runs for a new computation."""
     snapshot = json.loads(DEFAULTS.read_text())
-    current = {legacy: ids._plain(ids._default(f)) for _, legacy, f in ids.hashed_fields()}  # by hashed (legacy) path
+    current = {legacy: to_dict(ids._default(f)) for _, legacy, f in ids.hashed_fields()}  # by hashed (legacy) path
     changed = {p: (snapshot[p], current[p]) for p in snapshot if p in current and snapshot[p] != current[p]}
     assert not changed, f"defaults changed (old, new): {changed}; declare a migration instead"
     added = sorted(set(current) - set(snapshot))
