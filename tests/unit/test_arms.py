@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from uld.reporting import Arm, ArmRows, DiagnosticRows, arms_figure
+from uld.reporting.arms import _dodge
 from uld.reporting.stats import paired_contrast
 from uld.store import RunFolder
 
@@ -83,3 +84,15 @@ def test_diagnostic_rows_and_figure(cells):
     fig = arms_figure(table)
     points = [c for ax in fig.axes for c in ax.collections]
     assert len(fig.axes) == 2 and points  # the arms with an interval are drawn
+    # both arms share the teacher margin: drawn side by side, named once each in the shared legend
+    margins = [float(c.lines[0].get_xdata()[0]) for c in fig.axes[0].containers]
+    assert len(margins) == 2 and margins[0] != margins[1] and sum(margins) / 2 == pytest.approx(5.0)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["baseline", "low dose"]
+
+
+def test_dodge_spreads_only_points_that_share_an_x():
+    xs = _dodge([0.0, 0.0, 0.0, 10.0], width=0.01)
+    assert xs[3] == 10.0  # alone at its x: unmoved
+    assert xs[:3] == pytest.approx([-0.1, 0.0, 0.1])  # centred on the shared x, one step (1% of span) apart
+    assert _dodge([2.0], width=0.01) == [2.0] and _dodge([], width=0.01) == []
+    assert _dodge([3.0, 3.0], width=0.5) == pytest.approx([2.75, 3.25])  # zero span: steps of width

@@ -171,22 +171,43 @@ class DiagnosticRows:
         return latex_grid(*self.grid(out), align="c")
 
 
+def _dodge(xs: Sequence[float], width: float) -> list[float]:
+    """Spread points that share an x (within 1% of the axis span) side by side, centred on it, so arms
+    with the same teacher (controls, doses) stay readable instead of stacking on one line."""
+    span = (max(xs) - min(xs)) if xs else 0.0
+    tol, step = 0.01 * span if span else 1e-9, width * (span if span else 1.0)
+    groups: list[list[int]] = []
+    for i in sorted(range(len(xs)), key=lambda k: xs[k]):
+        if groups and abs(xs[i] - xs[groups[-1][0]]) <= tol:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    out = list(xs)
+    for g in groups:
+        for j, i in enumerate(g):
+            out[i] = xs[i] + (j - (len(g) - 1) / 2) * step
+    return out
+
+
 def arms_figure(table: Any, metric: str = "f1") -> Any:
     """ULD − λ=0 (paired 95% interval) per arm against (a) the teacher's F1 margin over the λ=0 student and
-    (b) the teacher signal's first-token top-1. Arms without a number are left out."""
+    (b) the teacher signal's first-token top-1. Arms without a number are left out. Each arm keeps one
+    colour in both panels, named in a shared legend; arms at the same x are drawn side by side."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     out = table.panel(ArmRows)
     rows = [r for r in (out["rows"] if out else []) if r["contrast"] is not None]
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6), sharey=True)
+    colour = {id(r): plt.cm.tab10(i % 10) for i, r in enumerate(rows)}
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.4), sharey=True)
     for ax, key, xlabel in ((axes[0], "margin", "teacher F1 − λ=0 student F1"),
                             (axes[1], "teacher_top1", "teacher top-1 at the first answer token")):
         pts = [r for r in rows if r[key] is not None]
-        for i, r in enumerate(pts):
+        xs = _dodge([float(r[key]) for r in pts], width=0.012)
+        for x, r in zip(xs, pts):
             ci = r["contrast"]
-            ax.errorbar(r[key], ci.diff, yerr=[[ci.diff - ci.low], [ci.high - ci.diff]], fmt="o", capsize=3,
-                        color=plt.cm.tab10(i % 10))
-            ax.annotate(r["arm"].name, (r[key], ci.diff), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.errorbar(x, ci.diff, yerr=[[ci.diff - ci.low], [ci.high - ci.diff]], fmt="o", capsize=3,
+                        color=colour[id(r)])
         ax.axhline(0.0, color="grey", linewidth=1, linestyle="--")
         ax.set_xlabel(xlabel)
         if not pts:
@@ -194,5 +215,11 @@ def arms_figure(table: Any, metric: str = "f1") -> Any:
     axes[0].set_ylabel("ULD − λ=0 (F1, 95% CI)")
     axes[0].set_title("(a) teacher headroom")
     axes[1].set_title("(b) teacher confidence")
-    fig.tight_layout()
+    if rows:
+        handles = [Line2D([], [], marker="o", linestyle="", color=colour[id(r)]) for r in rows]
+        fig.legend(handles, [r["arm"].name for r in rows], loc="lower center", ncol=min(4, len(rows)),
+                   fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, 0.045 * ((len(rows) + 3) // 4), 1, 1))
+    else:
+        fig.tight_layout()
     return fig
