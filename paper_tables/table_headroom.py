@@ -32,6 +32,7 @@ ARMS = (
     Arm("per-token reduction", uld="headroom_4_dose_token", lambda0=BASE, teacher=ORIGINAL),
     Arm("signal at T=0.5", uld="headroom_5_sharp_T0.5", lambda0=BASE, teacher=ORIGINAL),
     Arm("signal at T=0.25", uld="headroom_5_sharp_T0.25", lambda0=BASE, teacher=ORIGINAL),
+    Arm("6 epochs (pilot, 1 seed)", uld="headroom_6_long_pilot", lambda0="headroom_6_long_pilot", teacher=ORIGINAL),
 )
 
 TABLE = SeedTable(
