@@ -175,7 +175,8 @@ def _dodge(xs: Sequence[float], width: float) -> list[float]:
     """Spread points that share an x (within 1% of the axis span) side by side, centred on it, so arms
     with the same teacher (controls, doses) stay readable instead of stacking on one line."""
     span = (max(xs) - min(xs)) if xs else 0.0
-    tol, step = 0.01 * span if span else 1e-9, width * (span if span else 1.0)
+    tol = 0.01 * span if span else 1e-9
+    step = width * (span if span else 1.0)
     groups: list[list[int]] = []
     for i in sorted(range(len(xs)), key=lambda k: xs[k]):
         if groups and abs(xs[i] - xs[groups[-1][0]]) <= tol:
@@ -198,16 +199,16 @@ def arms_figure(table: Any, metric: str = "f1") -> Any:
 
     out = table.panel(ArmRows)
     rows = [r for r in (out["rows"] if out else []) if r["contrast"] is not None]
-    colour = {id(r): plt.cm.tab10(i % 10) for i, r in enumerate(rows)}
+    colours = [plt.cm.tab10(i % 10) for i in range(len(rows))]
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.4), sharey=True)
     for ax, key, xlabel in ((axes[0], "margin", "teacher F1 − λ=0 student F1"),
                             (axes[1], "teacher_top1", "teacher top-1 at the first answer token")):
-        pts = [r for r in rows if r[key] is not None]
-        xs = _dodge([float(r[key]) for r in pts], width=0.012)
-        for x, r in zip(xs, pts):
+        pts = [(i, r) for i, r in enumerate(rows) if r[key] is not None]
+        xs = _dodge([float(r[key]) for _, r in pts], width=0.012)
+        for x, (i, r) in zip(xs, pts):
             ci = r["contrast"]
             ax.errorbar(x, ci.diff, yerr=[[ci.diff - ci.low], [ci.high - ci.diff]], fmt="o", capsize=3,
-                        color=colour[id(r)])
+                        color=colours[i])
         ax.axhline(0.0, color="grey", linewidth=1, linestyle="--")
         ax.set_xlabel(xlabel)
         if not pts:
@@ -216,7 +217,7 @@ def arms_figure(table: Any, metric: str = "f1") -> Any:
     axes[0].set_title("(a) teacher headroom")
     axes[1].set_title("(b) teacher confidence")
     if rows:
-        handles = [Line2D([], [], marker="o", linestyle="", color=colour[id(r)]) for r in rows]
+        handles = [Line2D([], [], marker="o", linestyle="", color=c) for c in colours]
         fig.legend(handles, [r["arm"].name for r in rows], loc="lower center", ncol=min(4, len(rows)),
                    fontsize=7, frameon=False)
         fig.tight_layout(rect=(0, 0.045 * ((len(rows) + 3) // 4), 1, 1))
