@@ -29,7 +29,7 @@ import torch
 from uld.config import ExperimentConfig
 from uld.data import encode_pair, encode_teacher_pair, get_task, test_split
 from uld.errors import EvaluationError
-from uld.evaluation import evaluation_model, run_prompts
+from uld.evaluation import checkpoint_folder, evaluation_model, run_prompts
 from uld.io import atomic_write_json, read_jsonl
 from uld.metrics import normalize_answer
 from uld.models import bind_run_models, load_model, load_tokenizer
@@ -173,10 +173,17 @@ def _finite(obj: Any) -> Any:
 
 
 def diagnose_missing(points: Sequence[Any], *, force: bool = False) -> list[tuple[str, str]]:
-    """``diagnose_run`` for every finished grid point without diagnostics; ``(run id, error)`` of those that failed."""
+    """``diagnose_run`` for every finished grid point without diagnostics; ``(run id, error)`` of those that failed.
+
+    A finished run whose checkpoint is not in the store (a committed store keeps scores and predictions,
+    not weights) is skipped with a log line: there is nothing to diagnose, and nothing went wrong."""
     failed = []
     for p in points:
         if not p.run.is_complete or (p.run.exists(DIAGNOSTICS_FILE) and not force):
+            continue
+        weights = checkpoint_folder(p.cfg, p.run)
+        if weights is not None and not weights.is_dir():
+            log.info("no diagnostics for %s: its checkpoint %s is not in the store", p.run.id, weights)
             continue
         log.info("diagnostics for %s", p.run.id)
         try:

@@ -335,15 +335,23 @@ def evaluate_run(
     return _evaluate_run(bind_run_models(cfg), run, model_dir)
 
 
+def checkpoint_folder(cfg: ExperimentConfig, run: RunFolder, model_dir: str | os.PathLike | None = None) -> Path | None:
+    """The weights folder a run is evaluated from: ``model_dir``, else the run's selected checkpoint;
+    None when it is evaluated with a registry model (the teacher, or the untrained student)."""
+    if cfg.evaluation.target == "teacher":
+        return None
+    if model_dir is None and cfg.training.method == "none":
+        return None
+    return Path(model_dir) if model_dir is not None else run.file("checkpoints", cfg.evaluation.checkpoint)
+
+
 def evaluation_model(cfg: ExperimentConfig, run: RunFolder, model_dir: str | os.PathLike | None = None):
     """``(resolved model, checkpoint folder or None, checkpoint label or None)`` a run is evaluated with:
     the teacher, the run's selected checkpoint, ``model_dir``, or the untrained student."""
     ev = cfg.evaluation
-    if ev.target == "teacher":
-        return resolve_model(cfg.teacher), None, None
-    if model_dir is None and cfg.training.method == "none":
-        return resolve_model(cfg.student), None, None
-    folder = Path(model_dir) if model_dir is not None else run.file("checkpoints", ev.checkpoint)
+    folder = checkpoint_folder(cfg, run, model_dir)
+    if folder is None:
+        return resolve_model(cfg.teacher if ev.target == "teacher" else cfg.student), None, None
     if not folder.is_dir():
         raise EvaluationError(f"checkpoint folder {folder} does not exist: train the run first (uld train) or pass model_dir")
     resolved = resolve_model(ModelConfig(name=cfg.student.name, path=str(folder), dtype=cfg.student.dtype))

@@ -66,3 +66,29 @@ def test_signal_confidence_reads_the_first_position_of_each_answer(tmp_path):
     assert c["first_token_top1"] == pytest.approx((0.9 + 0.3) / 2, abs=1e-3)
     assert c["first_token_top1_below_0.5"] == pytest.approx(0.5)
     assert c["answer_top1"] == pytest.approx((0.9 + 0.6 + 0.3) / 3, abs=1e-3)
+
+
+def test_diagnose_missing_skips_runs_whose_weights_are_not_in_the_store(tmp_path, monkeypatch):
+    # a committed store keeps scores and predictions, not checkpoints: a table built on it must not
+    # report those runs as failed diagnostics, while runs that have their weights are still diagnosed
+    from types import SimpleNamespace
+
+    from uld import diagnostics
+    from uld.config import load_config
+    from uld.store import RunFolder
+
+    def point(name: str, *, weights: bool, target: str = "student"):
+        cfg = load_config(overrides=[f"evaluation.target={target}"])
+        run = RunFolder(tmp_path / "runs" / name)
+        run.path.mkdir(parents=True)
+        (run.path / "scores.json").write_text("{}")
+        if weights:
+            (run.path / "checkpoints" / cfg.evaluation.checkpoint).mkdir(parents=True)
+        return SimpleNamespace(cfg=cfg, run=run)
+
+    calls = []
+    monkeypatch.setattr(diagnostics, "diagnose_run", lambda cfg, run, force=False: calls.append(run.id))
+    points = [point("no-weights", weights=False), point("weights", weights=True),
+              point("teacher-eval", weights=False, target="teacher")]
+    assert diagnostics.diagnose_missing(points) == []
+    assert calls == ["weights", "teacher-eval"]  # the teacher is evaluated from the registry, not a checkpoint
