@@ -39,3 +39,10 @@ def test_fraction_series_of_two_stores_are_not_averaged():
     for (setting, fraction), g in small.groupby(["setting", "train_fraction"]):
         a, b = (g[g.store == s]["value"].item() for s in ("store", "micro_x"))
         assert abs(b - a - 10) < 1e-9 and (g["n_runs"] == 1).all()
+
+
+def test_panel_columns_leave_no_empty_slot_where_they_can():
+    cols = {n: reporting.panel_columns(n) for n in range(1, 10)}
+    assert cols == {1: 1, 2: 2, 3: 3, 4: 2, 5: 3, 6: 3, 7: 3, 8: 3, 9: 3}
+    for n in (1, 2, 3, 4, 6, 9):
+        assert n % cols[n] == 0  # every row full
