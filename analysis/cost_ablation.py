@@ -14,6 +14,8 @@
 # # Cost ablation: closed-form ULD against optimal transport costs
 #
 # F1 of students trained with the closed-form ULD and with exact optimal transport between the two vocabularies under a uniform, Levenshtein or embedding ground cost (`paper_tables/table_cost_ablation.py`). The authors report the closed form only.
+#
+# **Whose numbers.** Figure `cost_ablation`: bars coloured by source, ours (our closed-form ULD and ULD-OT runs) beside the authors' where both exist. While the store holds no ULD-OT run of ours (the committed store holds none), the figure falls back to the authors' closed-form ULD F1 and its title says so: every bar in it is then the authors'.
 
 # %%
 import seaborn as sns

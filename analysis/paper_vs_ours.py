@@ -14,6 +14,8 @@
 # # Ours against the authors', cell by cell
 #
 # Every table cell where both numbers exist: our score against the authors' (`uld.reporting.paired`). Points on the diagonal reproduce the paper. Cells the authors' files get wrong are listed separately.
+#
+# **Whose numbers.** Figure `paper_vs_ours`: each point is one of our runs' cell (y) against the authors' number for that cell (x). While the store holds no paper-scale run of ours (the committed store holds none), the figure falls back to the authors' ULD − λ=0 per cell and its title says so: every bar in it is then the authors'.
 
 # %%
 import seaborn as sns

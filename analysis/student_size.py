@@ -14,6 +14,8 @@
 # # Student size
 #
 # Student few-shot, λ=0 and ULD against the student's parameter count, one teacher per series (`paper_tables/table_student_size.py`). Solid: ours; dashed: the authors'.
+#
+# **Whose numbers.** Figure `student_size`: solid lines are ours, dashed lines the authors' (the legend's `source`). The committed store has no run of ours that varies the student size (our trained students are all SmolLM2-135M-Instruct), so every line of the committed figure is the authors'.
 
 # %%
 import seaborn as sns

@@ -14,6 +14,8 @@
 # # Training curves: cross-entropy and ULD terms, and overfitting of λ=0 against ULD
 #
 # Read from every run's `metrics.jsonl`. Validation cross-entropy per epoch shows when each run starts to overfit; the marked point is the checkpoint kept (lowest validation loss).
+#
+# **Whose numbers.** Figures `training_curves_val` and `training_curves_train`: ours only, every line one of our runs' `metrics.jsonl` (in the committed store: the micro-replication's fp32 runs and the headroom study's bf16 runs of the same pair, drawn in one panel); nothing of the authors' is drawn.
 
 # %%
 import seaborn as sns
@@ -35,8 +37,9 @@ if val.empty:
     print("no validation lines in", STORE)
 else:
     g = sns.relplot(
-        data=val, x="epoch", y="value", hue="setting", units="run_id", estimator=None,
-        col="panel", col_wrap=3, kind="line", marker="o", height=3, aspect=1.2, facet_kws={"sharey": False},
+        data=val, x="epoch", y="value", hue="setting", hue_order=["lambda0", "uld"], units="run_id", estimator=None,
+        col="panel", col_wrap=reporting.panel_columns(val["panel"].nunique()), kind="line", marker="o", height=3,
+        aspect=1.2, facet_kws={"sharey": False},
     )
     g.set_titles("{col_name}")
     for panel, ax in g.axes_dict.items():
@@ -51,8 +54,10 @@ if train.empty:
     print("no training lines in", STORE)
 else:
     g = sns.relplot(
-        data=train, x="step", y="value", hue="setting", style="quantity", units="run_id", estimator=None,
-        col="panel", col_wrap=3, kind="line", height=3, aspect=1.2, facet_kws={"sharey": False},
+        data=train, x="step", y="value", hue="setting", hue_order=["lambda0", "uld"], style="quantity", units="run_id",
+        estimator=None,
+        col="panel", col_wrap=reporting.panel_columns(train["panel"].nunique()), kind="line", height=3, aspect=1.2,
+        facet_kws={"sharey": False},
     )
     g.set_titles("{col_name}")
     g.set_axis_labels("optimizer step", "training loss term")

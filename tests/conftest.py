@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,38 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ULD_SHARED_DIR", REPO_ROOT.parent / "shared"))
+
+
+# Where the code writes when a test gets its store wrong: the committed store, the fixtures, the notebooks.
+WATCHED = ("results/", "tests/fixtures/", "analysis/")
+
+
+def _checkout_status() -> set[str] | None:
+    """`git status` lines under WATCHED, or None outside a git checkout."""
+    if shutil.which("git") is None or not (REPO_ROOT / ".git").exists():
+        return None
+    proc = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *WATCHED], cwd=REPO_ROOT,
+                          capture_output=True, text=True)
+    return set(proc.stdout.splitlines()) if proc.returncode == 0 else None
+
+
+def pytest_sessionstart(session):
+    session.config._uld_status = _checkout_status()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A test run leaves the checkout as it found it: anything a test wrote into the repository fails the run."""
+    before = getattr(session.config, "_uld_status", None)
+    after = _checkout_status() if before is not None else None
+    if after is None:
+        return
+    new = sorted(after - before)
+    if new:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(f"the test run wrote into the checkout ({len(new)} paths), e.g.: {new[:5]}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

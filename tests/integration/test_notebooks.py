@@ -40,6 +40,18 @@ def test_every_notebook_has_one_source_and_is_committed_executed():
         assert images, f"{name}.ipynb shows no figure"
 
 
+def test_every_notebook_says_first_whose_numbers_each_figure_shows():
+    """The first cell names every figure the notebook saves and says whether it is ours or the authors'."""
+    for name, path in build_notebooks.sources().items():
+        first = build_notebooks.from_source(path).cells[0]
+        assert first.cell_type == "markdown", name
+        assert "**Whose numbers.**" in first.source, f"{name}: the first cell does not say whose numbers it draws"
+        whose = first.source.split("**Whose numbers.**", 1)[1]
+        assert "ours" in whose and "authors" in whose, name
+        for stem in FIGURES.get(name, [name]):
+            assert f"`{stem}`" in whose, f"{name}: the first cell does not name figure {stem}"
+
+
 def test_check_reports_a_notebook_out_of_step(tmp_path, monkeypatch):
     src = REPO / "analysis" / "micro.py"
     (tmp_path / "micro.py").write_text(src.read_text() + "\n# %%\nprint('new cell')\n")

@@ -1,4 +1,4 @@
-"""The `uld` CLI: help texts, argument errors, config resolution, and the README's commands."""
+"""The `uld` CLI: help texts, argument errors, config resolution, and the commands of the README and docs/."""
 
 from __future__ import annotations
 
@@ -55,8 +55,11 @@ def test_missing_file_is_one_clean_line(capsys, tmp_path):
     assert "nope.jsonl" in err and "Traceback" not in err
 
 
-def _readme_commands() -> list[str]:
-    text = (REPO / "README.md").read_text()
+# the front door and every page behind it: a command shown anywhere a reader is sent must run
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+
+
+def _bash_lines(text: str) -> list[str]:
     cmds = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.splitlines():
@@ -66,9 +69,25 @@ def _readme_commands() -> list[str]:
     return cmds
 
 
+def _readme_commands() -> list[str]:
+    """Every command line of a bash block in the README and the docs pages, each once, in page order."""
+    return list(dict.fromkeys(c for page in DOCS for c in _bash_lines(page.read_text())))
+
+
 def test_readme_has_the_two_make_commands():
-    cmds = _readme_commands()
+    cmds = _bash_lines((REPO / "README.md").read_text())
     assert "make smoke" in cmds and "make test" in cmds
+
+
+def test_command_blocks_of_the_study_pages_are_checked():
+    """The study pages' commands are among those the tests below parse (a moved block stays checked)."""
+    pages = sorted((REPO / "docs" / "studies").glob("*.md"))
+    assert {p.stem for p in pages} >= {"micro", "headroom"}
+    checked = set(_readme_commands())
+    for page in pages:
+        lines = _bash_lines(page.read_text())
+        assert lines, f"{page.name} shows no command to run its study"
+        assert set(lines) <= checked
 
 
 @pytest.mark.parametrize("line", [c for c in _readme_commands() if re.search(r"(^|\s)make \S", c)])
@@ -87,7 +106,7 @@ def _without_env(line: str) -> list[str]:
 
 @pytest.mark.parametrize("line", [c for c in _readme_commands() if _without_env(c)[:1] == ["uld"]])
 def test_readme_uld_commands_parse(line):
-    """Every `uld ...` line of the README (env assignments in front allowed) parses, and its config resolves."""
+    """Every `uld ...` line of the README and docs (env assignments in front allowed) parses, and its config resolves."""
     argv = _without_env(line)[1:]
     argv = [a.replace("<run_id>", "x") for a in argv]
     if argv == ["--help"]:
@@ -106,7 +125,7 @@ def test_readme_uld_commands_parse(line):
 
 @pytest.mark.parametrize("line", [c for c in _readme_commands() if c.startswith("accelerate launch")])
 def test_readme_accelerate_lines_name_shipped_configs_and_parse(line):
-    """`accelerate launch --config_file F -m uld ...` in the README: F is shipped and the uld part parses."""
+    """`accelerate launch --config_file F -m uld ...` in the README and docs: F is shipped and the uld part parses."""
     words = shlex.split(line)
     config_file = words[words.index("--config_file") + 1]
     assert (REPO / config_file).is_file(), f"{line}: no {config_file}"
@@ -119,4 +138,4 @@ def test_readme_accelerate_lines_name_shipped_configs_and_parse(line):
 
 
 def test_readme_shows_a_multi_process_launch():
-    assert any(c.startswith("accelerate launch") for c in _readme_commands())
+    assert any(c.startswith("accelerate launch") for c in _bash_lines((REPO / "README.md").read_text()))

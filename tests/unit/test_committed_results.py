@@ -1,5 +1,5 @@
-"""The committed micro-replication tables are what the code renders from the committed runs, and the
-README quotes them: no number in the README can drift from the run folders behind it."""
+"""The committed study tables are what the code renders from the committed runs, and each study's page
+(docs/studies/) quotes them: no number on a study page can drift from the run folders behind it."""
 
 from __future__ import annotations
 
@@ -15,10 +15,19 @@ REPO = Path(__file__).resolve().parents[2]
 STORES = [REPO / "results", *sorted(p for p in (REPO / "results").glob("micro_*") if p.is_dir())]
 
 
+STUDIES = REPO / "docs" / "studies"
+
+
+def _study_page(name: str) -> str:
+    """The study's page, which the README links: the one place its numbers are quoted."""
+    page = STUDIES / f"{name}.md"
+    assert page.is_file(), f"no study page {page.relative_to(REPO)}"
+    assert f"(docs/studies/{name}.md)" in (REPO / "README.md").read_text(), f"README does not link docs/studies/{name}.md"
+    return page.read_text()
+
+
 def _micro_section() -> str:
-    readme = (REPO / "README.md").read_text()
-    assert "\n## Micro-replication" in readme, "README has no Micro-replication section"
-    return readme.split("\n## Micro-replication", 1)[1].split("\n## ", 1)[0]
+    return _study_page("micro")
 
 
 def _committed(store: Path) -> Path:
@@ -42,14 +51,14 @@ def test_committed_micro_table_is_rendered_from_the_committed_runs(store, tmp_pa
 
 
 @pytest.mark.parametrize("store", STORES, ids=lambda p: p.name)
-def test_readme_quotes_the_committed_micro_table(store):
+def test_study_page_quotes_the_committed_micro_table(store):
     lines = _committed(store).read_text().splitlines()
     quoted = [ln for ln in lines if ln.startswith("| ") and not ln.startswith("| Setting") and not ln.startswith("| Fraction")]
     quoted += [ln for ln in lines if ln.startswith("ULD − λ=0:") or ln.startswith("Hardware of these runs:")]
     assert len(quoted) >= 8
     section = _micro_section()
     missing = [ln for ln in quoted if ln not in section]
-    assert not missing, f"README Micro-replication section does not quote {store.name}'s table: {missing}"
+    assert not missing, f"docs/studies/micro.md does not quote {store.name}'s table: {missing}"
 
 
 # ---- the headroom study ("When does ULD help?") -----------------------------------------------------
@@ -58,9 +67,7 @@ HEADROOM = REPO / "results" / "tables" / "table_headroom.md"
 
 
 def _headroom_section() -> str:
-    readme = (REPO / "README.md").read_text()
-    assert "\n## When does ULD help?" in readme, "README has no 'When does ULD help?' section"
-    return readme.split("\n## When does ULD help?", 1)[1].split("\n## ", 1)[0]
+    return _study_page("headroom")
 
 
 def test_committed_headroom_table_is_rendered_from_the_committed_runs(tmp_path):
@@ -75,7 +82,7 @@ def test_committed_headroom_table_is_rendered_from_the_committed_runs(tmp_path):
     assert built.paths["csv"].read_text() == HEADROOM.with_name("table_headroom.cells.csv").read_text()
 
 
-def test_readme_quotes_the_committed_headroom_table():
+def test_study_page_quotes_the_committed_headroom_table():
     if not HEADROOM.is_file():
         pytest.skip("no committed headroom table")
     lines = HEADROOM.read_text().splitlines()
@@ -86,4 +93,4 @@ def test_readme_quotes_the_committed_headroom_table():
     assert len(quoted) >= 3
     section = _headroom_section()
     missing = [ln for ln in quoted if ln not in section]
-    assert not missing, f"README 'When does ULD help?' does not quote the committed headroom table: {missing}"
+    assert not missing, f"docs/studies/headroom.md does not quote the committed headroom table: {missing}"

@@ -11,7 +11,7 @@ from uld.reporting.arms import Arm, ArmRows, DiagnosticRows, arms_figure
 from uld.reporting.compare import KEY_FIELDS, Comparison, ComparisonTable, cell_key
 from uld.reporting.figures import (FIGURES_ENV, RESULTS_ENV, authors_bars, figures_dir, results_dir, save_figure,
                                   settings_and_fractions_figure)
-from uld.reporting.notebook import Notebook, setup as notebook_setup
+from uld.reporting.notebook import Notebook, panel_columns, setup as notebook_setup
 from uld.reporting.frames import STUDENT_PARAMS, cost_frame, curves_frame, fraction_frame, paired, size_frame
 from uld.reporting.seeds import Contrast, FractionRows, SeedResult, SeedTable, SettingRows, contrast_text, run_hardware
 from uld.reporting.spec import EXPERIMENTS_DIR, PRESETS, GridPoint, TablePlan, TableSpec, load_spec, plan_table, table_names
@@ -35,5 +35,5 @@ __all__ = [
     "BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "contrast_text", "run_hardware",
     "paired", "fraction_frame", "size_frame", "cost_frame", "curves_frame", "STUDENT_PARAMS",
     "results_dir", "figures_dir", "save_figure", "settings_and_fractions_figure", "authors_bars", "RESULTS_ENV", "FIGURES_ENV",
-    "METRIC_LABELS", "SETTING_LABELS", "MISSING", "Notebook", "notebook_setup",
+    "METRIC_LABELS", "SETTING_LABELS", "MISSING", "Notebook", "notebook_setup", "panel_columns",
 ]

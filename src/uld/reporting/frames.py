@@ -7,6 +7,7 @@ training-fraction and student-size series, the cost ablation, the training curve
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
@@ -57,17 +58,40 @@ def _mean_per(df: Any, by: list[str]) -> Any:
     return df.groupby(by, dropna=False, as_index=False).agg(value=("value", "mean"), n_runs=("value", "size"))
 
 
+def _store_name(run_dir: Any) -> str:
+    """The store a run folder lives in (``<store>/runs/<id>``): our series from different stores (the same
+    grid on other hardware) stay apart. Empty for the authors' rows, which have no folder."""
+    if not isinstance(run_dir, str) or not run_dir:
+        return ""
+    parts = Path(run_dir).parts
+    return parts[-3] if len(parts) >= 3 and parts[-2] == "runs" else ""
+
+
+def _fraction_panel(row: dict) -> str:
+    """Whose series, at what scale: ours train on ``train_size`` items of the task (the micro studies) or
+    its whole training split, the authors' on the paper's training set with 7B teachers; the two never
+    share a panel."""
+    if row["source"] == "authors":
+        return f"authors: {row['task']}, the paper's training set\n{row['pair']}"
+    size = f"{int(row['train_size'])} training items" if pd.notna(row["train_size"]) else "whole training split"
+    where = f", {row['store']}" if row["store"] else ""
+    return f"ours: {row['task']}, {size}{where}\n{row['pair']}"
+
+
 def fraction_frame(df: Any, metric: str = "f1") -> Any:
-    """λ=0 and ULD scores against the training fraction, for every (source, task, pair) whose runs
-    vary the fraction. Columns: source, task, teacher, student, pair, setting, train_fraction, value, n_runs."""
-    sub = df[(df["metric"] == metric) & df["setting"].isin(["lambda0", "uld"])]
-    by = ["source", "task", "teacher", "student", "setting", "train_fraction"]
+    """λ=0 and ULD scores against the training fraction, for every (source, store, task, pair) whose runs
+    vary the fraction; ``df`` may stack ``load_results`` of several stores (each stays its own series).
+    Columns: source, store, task, teacher, student, train_size, setting, train_fraction, value, n_runs,
+    pair, panel (:func:`_fraction_panel`: "ours: ..." or "authors: ...", with the scale)."""
+    sub = df[(df["metric"] == metric) & df["setting"].isin(["lambda0", "uld"])].copy()
+    sub["store"] = sub["run_dir"].map(_store_name) if "run_dir" in sub else ""
+    by = ["source", "store", "task", "teacher", "student", "train_size", "setting", "train_fraction"]
     out = _mean_per(sub, by)
-    series = ["source", "task", "teacher", "student"]
+    series = ["source", "store", "task", "teacher", "student", "train_size"]
     varied = out.groupby(series, dropna=False)["train_fraction"].transform("nunique") > 1
     out = out[varied].copy()
     out["pair"] = _pair_label(out)
-    out["panel"] = out["task"] + "\n" + out["pair"]
+    out["panel"] = [_fraction_panel(r) for r in out.to_dict("records")] if len(out) else out["pair"]
     return out.sort_values(by).reset_index(drop=True)
 
 

@@ -14,12 +14,15 @@ from typing import Any
 from uld.reporting.figures import figures_dir, results_dir, save_figure
 from uld.store import store_info
 
-__all__ = ["Notebook", "setup"]
+__all__ = ["Notebook", "setup", "SUB_STORES", "panel_columns"]
+
+SUB_STORES = "micro_*"  # a study's grid run on other hardware keeps a store of its own inside the main one
 
 
 @dataclass
 class Notebook:
     store: Path  # the results store read ($ULD_RESULTS_DIR, default results/)
+    other_stores: list[Path]  # stores beside it holding a study's grid run on other hardware (<store>/micro_*/)
     figures: Path  # where figures go ($ULD_FIGURES_DIR, default <store>/figures)
     fixture: bool  # the store is the test fixture: fake numbers
 
@@ -35,6 +38,15 @@ class Notebook:
         plt.close(fig)
         _show_png(paths[0])
         return paths
+
+
+def panel_columns(n_panels: int, most: int = 3) -> int:
+    """Columns for a wrapped grid of ``n_panels``: as few rows as ``most`` columns allow, then as few
+    columns as fill them, so 1-4 and 6 panels leave no empty slot (3 columns for 2 panels would)."""
+    if n_panels <= 0:
+        return 1
+    rows = -(-n_panels // most)
+    return -(-n_panels // rows)
 
 
 def _show_png(path: Path) -> None:
@@ -57,6 +69,8 @@ def setup() -> Notebook:
 
     sns.set_theme(context="paper", style="whitegrid")
     store = results_dir()
-    nb = Notebook(store=store, figures=figures_dir(store), fixture=bool(store_info(store).get("fixture", False)))
+    others = sorted(d for d in store.glob(SUB_STORES) if (d / "runs").is_dir())
+    nb = Notebook(store=store, other_stores=others, figures=figures_dir(store),
+                  fixture=bool(store_info(store).get("fixture", False)))
     print(f"store: {nb.store}  figures: {nb.figures}  fixture: {nb.fixture}")
     return nb
