@@ -75,3 +75,37 @@ def test_table_plan_has_the_expected_cells(tmp_path):
     assert cells[0].endswith("sq_low,sq_high,n_seeds")
     assert sum(line.startswith("main,") for line in cells) == 4 * 3  # 4 settings x 3 metrics
     assert any(line.startswith('"arm:strong teacher') and ",uld-lambda0," in line for line in cells)
+
+
+def _plan_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("powered_plan", REPO / "scripts" / "powered_plan.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_plan_numbers_come_from_the_committed_strong_arm(tmp_path, capsys):
+    from uld.reporting.stats import planned_half_width, VarianceComponents
+
+    script = _plan_script()
+    if not (REPO / "results" / "runs" / "headroom-teacher-55d2410df0" / "train_summary.json").is_file():
+        import pytest
+
+        pytest.skip("committed headroom runs absent")
+    out = tmp_path / "plan.json"
+    assert script.main(["--store", str(REPO / "results"), "--json", str(out)]) == 0
+    import json
+
+    plan = json.loads(out.read_text())
+    est, cons = (VarianceComponents(**plan["components"][k]) for k in ("estimated", "conservative"))
+    assert cons.seed >= est.seed and cons.question == est.question > 0
+    # the design the YAMLs declare meets the target under the conservative components
+    student = _points("powered_2_main")[0]
+    n_seeds = len({p.training.seed for p in _points("powered_2_main")})
+    assert (n_seeds, student.data.test_size) == script.CHOSEN
+    assert planned_half_width(cons, n_seeds, student.data.test_size) <= script.TARGET_HALF_WIDTH
+    assert planned_half_width(cons, 3, 500) > 2 * script.TARGET_HALF_WIDTH  # what the headroom arm could see
+    assert len(plan["designs"]["conservative"]) == len(script.SEEDS) * len(script.QUESTIONS)
+    assert "chosen design 5 seeds x 3000 questions" in capsys.readouterr().out

@@ -111,6 +111,9 @@ def test_planned_half_width_and_minimum_detectable_effect():
     assert planned_half_width(c, 5, 2000) == pytest.approx(student_t.ppf(0.975, df) * se)
     assert minimum_detectable_effect(c, 5, 2000) == pytest.approx((student_t.ppf(0.975, df) + student_t.ppf(0.8, df)) * se)
     assert planned_half_width(c, 8, 2000) < planned_half_width(c, 5, 2000) < planned_half_width(c, 5, 500)
+    mde = minimum_detectable_effect(c, 5, 2000)
+    assert stats.detection_power(c, 5, 2000, mde) == pytest.approx(0.8, abs=0.005)  # the far tail adds ~nothing
+    assert stats.detection_power(c, 5, 2000, 0.0) == pytest.approx(0.05)
 
 
 def _runs(*names: str) -> list[RunFolder]:

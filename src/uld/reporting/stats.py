@@ -25,7 +25,7 @@ from uld.store import RunFolder
 __all__ = ["BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "SeedSummary", "seed_summary", "BootstrapCI", "paired_bootstrap_ci",
            "question_scores", "paired_contrast", "VarianceComponents", "variance_components", "SeedQuestionCI",
            "seed_question_ci", "seed_question_matrix", "seed_paired_contrast", "planned_half_width",
-           "minimum_detectable_effect"]
+           "minimum_detectable_effect", "detection_power"]
 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
@@ -367,6 +367,19 @@ def minimum_detectable_effect(c: VarianceComponents, n_seeds: int, n_items: int,
         raise ValueError(f"a design needs >= 2 seeds and >= 2 questions, got {n_seeds} x {n_items}")
     var, df = _expected_df(c, n_seeds, n_items)
     return float(student_t.ppf((1 + level) / 2, df) + student_t.ppf(power, df)) * var ** 0.5
+
+
+def detection_power(c: VarianceComponents, n_seeds: int, n_items: int, effect: float, *, level: float = 0.95) -> float:
+    """Probability that the two-sided test of :func:`seed_question_ci` at ``1 − level`` rejects 0 when the true
+    mean difference is ``effect`` (F1 points), under a t approximation with the design's expected df."""
+    from scipy.stats import t as student_t
+
+    if n_seeds < 2 or n_items < 2:
+        raise ValueError(f"a design needs >= 2 seeds and >= 2 questions, got {n_seeds} x {n_items}")
+    var, df = _expected_df(c, n_seeds, n_items)
+    crit = float(student_t.ppf((1 + level) / 2, df))
+    shift = effect / var ** 0.5
+    return float(student_t.sf(crit - shift, df) + student_t.cdf(-crit - shift, df))
 
 
 def _seed_of(run: RunFolder) -> int:
