@@ -87,3 +87,15 @@ def test_sample_articles_of_a_config(shared_data_dir):
     found = sample_articles(cfg)
     assert list(found["train"]) == ["University_of_Notre_Dame"] and list(found["test"]) == ["Super_Bowl_50"]
     assert sum(found["train"].values()) == 180 and sum(found["val"].values()) == 20
+
+
+def test_model_card_names_the_permutation_of_a_shuffled_pool():
+    from uld.config import expand_grid
+    from uld.model_card import model_card
+
+    shuffled = load_config(None, ["data.pool_order=shuffled", "data.sample_seed=9", "data.train_size=10",
+                                  "training.method=sft-gold"])
+    first = load_config(None, ["data.train_size=10", "training.method=sft-gold"])
+    assert "training rows 0–10 of the pool shuffled with seed 9" in model_card(expand_grid(shuffled)[0], "r")
+    card = model_card(expand_grid(first)[0], "r")
+    assert "training rows 0–10 |" in card and "shuffled" not in card
