@@ -8,7 +8,8 @@ Usage (from the repository root, offline)::
 
 The grid is declared by experiments/headroom/headroom_*.yaml (and the original teacher's few-shot run of
 experiments/micro/micro_teacher.yaml). Each arm's ULD runs are compared with the λ=0 runs of the same
-teacher (paired bootstrap over the 500 dev questions); the teacher's margin over the λ=0 student and the
+teacher (paired bootstrap over the 500 dev questions, and the seeds × questions interval with runs paired
+by seed); the teacher's margin over the λ=0 student and the
 top-1 probability of its cached signal say how much a student could learn from its distributions.
 Output: <store>/tables/table_headroom.{md,tex,cells.csv} and <store>/figures/table_headroom.{png,pdf}.
 Same as `uld table headroom`.

@@ -168,6 +168,13 @@ def _add_data(sub) -> None:
     d.add_argument("--tokenizer", action="append", default=[], help="tokenizer folder or Hub id (repeatable)")
     d.add_argument("--json", action="store_true", help="print one JSON object")
     d.set_defaults(func=cmd_data_summary)
+    a = dsub.add_parser("articles", help="which articles a config's training, validation and test items come from",
+                        description="For every grid point of a config: the source articles (titles) of its training, "
+                        "validation and evaluated items, with counts (data.pool_order / data.test_order decide them).",
+                        epilog=EPILOG_OVERRIDES)
+    _config_args(a)
+    a.add_argument("--json", action="store_true", help="print one JSON object per grid point")
+    a.set_defaults(func=cmd_data_articles)
 
 
 def _add_config(sub) -> None:
@@ -339,6 +346,23 @@ def cmd_data_summary(args) -> int:
             tokenizers[Path(t).name or t] = AutoTokenizer.from_pretrained(t)
     summary = summarize_task(args.task, data_dir=args.data_dir, tokenizers=tokenizers or None)
     say(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
+    return 0
+
+
+def cmd_data_articles(args) -> int:
+    from uld.config import expand_grid
+    from uld.data import sample_articles
+    from uld.ids import run_id
+
+    for point in expand_grid(_load(args)):
+        found = sample_articles(point.data)
+        if args.json:
+            say(json.dumps({"run_id": run_id(point), **found}))
+            continue
+        say(f"# {run_id(point)}")
+        for part, counts in found.items():
+            say(f"{part}: {sum(counts.values())} items from {len(counts)} articles: "
+                + "; ".join(f"{title or '(untitled)'} ({n})" for title, n in counts.items()))
     return 0
 
 

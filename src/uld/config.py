@@ -97,6 +97,13 @@ class DataConfig:
     max_length: Optional[int] = 1024
     teacher_shots: Optional[int] = None  # None: the paper's count for (teacher, task) from the registry
     teacher_title: Optional[bool] = None  # None: the paper's setting for (teacher, task)
+    # ---- seeded random samples (issue 25); the defaults keep the first rows, as every committed run ----
+    # "shuffled": train_start / train_size slice a permutation of the training pool drawn with sample_seed,
+    # so items spread across articles and two slices of one permutation (a teacher's, a student's) are disjoint
+    pool_order: Literal["file", "shuffled"] = "file"
+    # "shuffled": test_size questions drawn at random from the evaluated split with sample_seed (kept in file order)
+    test_order: Literal["file", "shuffled"] = "file"
+    sample_seed: int = 0
 
 
 @dataclass
@@ -442,6 +449,8 @@ def validate(cfg: ExperimentConfig, source: str = "") -> None:
             raise bad(key, f"{msg}, got {value}")
     if not 0 < cfg.data.train_fraction <= 1:
         raise bad("data.train_fraction", f"must be in (0, 1], got {cfg.data.train_fraction}")
+    if cfg.data.test_order == "shuffled" and cfg.data.test_size is None:
+        raise bad("data.test_order", "'shuffled' draws data.test_size questions at random; set data.test_size")
     if cfg.data.task not in TASKS:
         raise bad("data.task", f"unknown task {cfg.data.task!r} (one of {', '.join(sorted(TASKS))})")
     unknown = [m for m in cfg.evaluation.metrics if m not in METRIC_GROUPS]

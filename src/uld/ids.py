@@ -85,7 +85,8 @@ V1_RUN_FIELDS = frozenset({
 })
 
 # A teacher stage depends on the teacher, these data fields and the generation settings.
-TEACHER_DATA_FIELDS = ("task", "train_start", "train_size", "val_fraction", "split_seed", "max_length", "teacher_shots", "teacher_title")
+TEACHER_DATA_FIELDS = ("task", "train_start", "train_size", "val_fraction", "split_seed", "max_length", "teacher_shots", "teacher_title",
+                       "pool_order", "sample_seed")
 _TEACHER_EXCLUDED = frozenset({"teacher.path", "generation.batch_size", "generation.chunk_size"})
 V1_TEACHER_FIELDS = frozenset({  # never edit, like V1_RUN_FIELDS
     "teacher.name", "teacher.revision", "teacher.dtype", "teacher.trust_remote_code",

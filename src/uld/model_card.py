@@ -47,6 +47,8 @@ def model_card(cfg: ExperimentConfig, run_id: str, *, step: Optional[int] = None
         ("method", f"{method.name}: {method.summary}"),
         ("λ", f"{lam:g}"),
         ("task", cfg.data.task + (f", training rows {cfg.data.train_start}–{cfg.data.train_start + cfg.data.train_size}"
+                                  + (f" of the pool shuffled with seed {cfg.data.sample_seed}"
+                                     if cfg.data.pool_order == "shuffled" else "")
                                   if cfg.data.train_size else "")),
         ("epochs / batch / lr", f"{t.epochs:g} / {t.batch_size} / {t.optim.lr_preset or t.optim.lr:}"),
         ("precision", {"no": "fp32", "bf16": "bf16 mixed", "fp16": "fp16 mixed"}[t.mixed_precision]),

@@ -19,6 +19,7 @@ from uld.reporting import (
     paired_bootstrap_ci,
     paired_contrast,
     question_scores,
+    seed_paired_contrast,
     seed_summary,
 )
 from uld.ids import run_id
@@ -253,9 +254,11 @@ def test_table_from_partial_store(store, tmp_path, capsys):
     assert "| student few-shot | smollm2-135m-instruct | 0 | – | – | – |" in md
 
     ci = paired_contrast(written[("uld", 1.0)], written[("lambda0", 1.0)])
-    line = (f"ULD − λ=0: {ci.diff:+.2f} F1, 95% CI [{ci.low:.2f}, {ci.high:.2f}] (paired bootstrap over the "
-            f"{N_QUESTIONS} questions, seeds averaged per question, 10,000 resamples, seed 0)")
+    line = (f"ULD − λ=0: {ci.diff:+.2f} F1, 95% CI [{ci.low:.2f}, {ci.high:.2f}] (questions only: paired bootstrap over "
+            f"the {N_QUESTIONS} questions, seeds averaged per question, 10,000 resamples, seed 0); ")
     assert line in md
+    seeds = seed_paired_contrast(written[("uld", 1.0)], written[("lambda0", 1.0)])
+    assert f"seeds + questions: 95% CI [{seeds.low:.2f}, {seeds.high:.2f}] ({seeds.n_seeds} paired seeds × {N_QUESTIONS} " in md
     # fraction rows: 25% has one λ=0 run and no ULD run, 50% nothing, 100% the main grid's runs
     lam25 = f1[("lambda0", 0.25)][0]
     assert f"| 25% | 1 / 0 | {lam25:.2f} | – | – | – |" in md

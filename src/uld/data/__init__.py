@@ -6,6 +6,7 @@ Public API (see docs/architecture.md, "Data")::
     Task.load(split, data_dir=None) # "train" = whole training pool, "test" = the evaluated split
     training_pool(cfg.data) -> (train, val)   # .info: what was done
     test_split(cfg.data)
+    sample_articles(cfg.data)       # which articles the training / validation / test items come from
     render_chat(tokenizer, messages, system_role=True, template=None)
     encode_pair(tokenizer, prompt, answer, ...), collate(encoded, pad_id, padding_side)
 
@@ -20,10 +21,13 @@ from uld.data.base import (
     Example,
     PoolSplit,
     Task,
+    articles,
     get_task,
     register_task,
     resolve_data_dir,
+    sample_articles,
     select_shots,
+    shuffled_order,
     split_pool,
     test_split,
     training_pool,
@@ -54,6 +58,9 @@ __all__ = [
     "resolve_data_dir",
     "select_shots",
     "split_pool",
+    "shuffled_order",
+    "articles",
+    "sample_articles",
     "training_pool",
     "test_split",
     "CHAT_TEMPLATES",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from uld.errors import DataError
 
+import dataclasses
 import logging
 import math
 import os
@@ -40,6 +41,9 @@ __all__ = [
     "training_pool",
     "test_split",
     "split_pool",
+    "shuffled_order",
+    "articles",
+    "sample_articles",
 ]
 
 
@@ -375,11 +379,15 @@ def split_pool(
     split_seed: int = 42,
     train_fraction: float = 1.0,
     fraction_mode: str = "first",
+    pool_order: str = "file",
+    sample_seed: int = 0,
 ) -> PoolSplit:
     """Cut a training pool into (train, val), in this order:
 
+    0. ``pool_order="shuffled"``: the pool is first permuted with :func:`shuffled_order` (``sample_seed``),
+       so the slice below is a random sample spread across the source's articles; ``"file"`` keeps it;
     1. ``train_start`` / ``train_size``: keep N rows of the pool from row ``train_start`` (default: the
-       first N), so two runs can train on disjoint slices;
+       first N), so two runs can train on disjoint slices (of one permutation, when shuffled);
     2. hold out ``round(val_fraction * N)`` rows drawn with ``random.Random(split_seed)`` for
        checkpoint selection (both parts keep pool order);
     3. ``train_fraction`` of the remaining train part: the first ``ceil(f * n)`` rows (``"first"``,
@@ -392,9 +400,14 @@ def split_pool(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if fraction_mode not in ("first", "random"):
         raise ValueError(f"fraction_mode must be 'first' or 'random', got {fraction_mode!r}")
+    if pool_order not in ("file", "shuffled"):
+        raise ValueError(f"pool_order must be 'file' or 'shuffled', got {pool_order!r}")
     info: dict[str, Any] = {"pool_size": len(pool)}
     if train_start < 0:
         raise ValueError(f"train_start must be >= 0, got {train_start}")
+    if pool_order == "shuffled":
+        pool = [pool[i] for i in shuffled_order(len(pool), sample_seed, "pool")]
+        info.update(pool_order=pool_order, sample_seed=sample_seed)
     rows = pool[train_start:]
     rows = rows[:train_size] if train_size is not None else rows
     info["after_train_size"] = len(rows)
@@ -439,17 +452,51 @@ def training_pool(data_cfg: Any) -> PoolSplit:
         split_seed=data_cfg.split_seed,
         train_fraction=data_cfg.train_fraction,
         fraction_mode=data_cfg.fraction_mode,
+        pool_order=getattr(data_cfg, "pool_order", "file"),
+        sample_seed=getattr(data_cfg, "sample_seed", 0),
     )
     out.info["task"] = task.name
     log.info("%s training pool: %s", task.name, out.info)
     return out
 
 
+def shuffled_order(n: int, seed: int, stream: str) -> list[int]:
+    """A permutation of ``range(n)`` drawn with ``random.Random(f"{seed}/{stream}")``.
+
+    One named stream per use ("pool", "test"), so sampling the evaluated split never moves the training
+    sample of the same seed; string seeding is stable across Python versions and processes.
+    """
+    order = list(range(n))
+    random.Random(f"{seed}/{stream}").shuffle(order)
+    return order
+
+
 def test_split(data_cfg: Any) -> list[Example]:
-    """The evaluated split of ``data_cfg.task``, cut to the first ``data_cfg.test_size`` rows."""
+    """The evaluated split of ``data_cfg.task``: the first ``data_cfg.test_size`` rows or, with
+    ``test_order="shuffled"``, ``test_size`` rows drawn at random (``sample_seed``), kept in file order."""
     task = get_task(data_cfg.task)
     rows = task.load("test", data_cfg.dir)
-    return rows[: data_cfg.test_size] if data_cfg.test_size is not None else rows
+    if data_cfg.test_size is None:
+        return rows
+    if getattr(data_cfg, "test_order", "file") == "shuffled":
+        keep = sorted(shuffled_order(len(rows), data_cfg.sample_seed, "test")[: data_cfg.test_size])
+        return [rows[i] for i in keep]
+    return rows[: data_cfg.test_size]
+
+
+def articles(examples: Iterable[Example]) -> dict[str, int]:
+    """Source article (``Example.title``) -> number of examples, most frequent first ("" = no title)."""
+    counts: dict[str, int] = {}
+    for ex in examples:
+        counts[ex.title] = counts.get(ex.title, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def sample_articles(data_cfg: Any) -> dict[str, dict[str, int]]:
+    """Which articles a config's data draw from: ``{"train": {...}, "val": {...}, "test": {...}}``,
+    each :func:`articles` of that part (the training part before any ``train_fraction``)."""
+    train, val = training_pool(dataclasses.replace(data_cfg, train_fraction=1.0))
+    return {"train": articles(train), "val": articles(val), "test": articles(test_split(data_cfg))}
 
 
 test_split.__test__ = False  # type: ignore[attr-defined]  # not a pytest test despite the name

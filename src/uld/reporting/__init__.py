@@ -19,11 +19,18 @@ from uld.reporting.stats import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     BootstrapCI,
+    SeedQuestionCI,
     SeedSummary,
+    VarianceComponents,
+    minimum_detectable_effect,
     paired_bootstrap_ci,
     paired_contrast,
+    planned_half_width,
     question_scores,
+    seed_paired_contrast,
+    seed_question_ci,
     seed_summary,
+    variance_components,
 )
 from uld.reporting.text import METRIC_LABELS, MISSING, SETTING_LABELS
 
@@ -33,6 +40,8 @@ __all__ = [
     "GridPoint", "TablePlan", "plan_table", "load_spec", "table_names", "PRESETS", "EXPERIMENTS_DIR", "KEY_FIELDS", "cell_key",
     "SeedSummary", "seed_summary", "BootstrapCI", "paired_bootstrap_ci", "question_scores", "paired_contrast",
     "BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "contrast_text", "run_hardware",
+    "SeedQuestionCI", "VarianceComponents", "seed_question_ci", "seed_paired_contrast", "variance_components",
+    "planned_half_width", "minimum_detectable_effect",
     "paired", "fraction_frame", "size_frame", "cost_frame", "curves_frame", "STUDENT_PARAMS",
     "results_dir", "figures_dir", "save_figure", "settings_and_fractions_figure", "authors_bars", "RESULTS_ENV", "FIGURES_ENV",
     "METRIC_LABELS", "SETTING_LABELS", "MISSING", "Notebook", "notebook_setup", "panel_columns",

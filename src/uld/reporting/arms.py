@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from uld.errors import ResultsError
-from uld.reporting.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, paired_contrast, seed_summary
+from uld.reporting.seeds import SEED_CI_HEAD, SEED_CI_NOTE, seed_ci_cell, seed_ci_record
+from uld.reporting.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, paired_contrast, seed_paired_contrast, seed_summary
 from uld.reporting.text import MISSING, latex_grid, panel_markdown
 
 __all__ = ["Arm", "ArmRows", "DiagnosticRows", "arms_figure"]
@@ -78,10 +79,11 @@ class ArmRows:
             lam0, uld = _points(cells, arm.lambda0, "lambda0"), _points(cells, arm.uld, "uld", arm.where)
             teacher = _points(cells, arm.teacher, "teacher")
             s0, s1, st = _f1(cells, lam0), _f1(cells, uld), _f1(cells, teacher)
-            ci, note = None, None
+            ci, seed_ci, note = None, None, None
             if lam0 and uld:
                 try:
                     ci = paired_contrast([p.run for p in uld], [p.run for p in lam0])
+                    seed_ci = seed_paired_contrast([p.run for p in uld], [p.run for p in lam0])
                 except (FileNotFoundError, ResultsError) as exc:
                     note = f"{arm.name}: no interval, {exc}"
             else:
@@ -89,7 +91,7 @@ class ArmRows:
             if note:
                 cells.notes.append(note)
             margin = st.mean - s0.mean if st.mean is not None and s0.mean is not None else None
-            row = {"arm": arm, "teacher": st, "lambda0": s0, "uld": s1, "contrast": ci, "margin": margin,
+            row = {"arm": arm, "teacher": st, "lambda0": s0, "uld": s1, "contrast": ci, "seed_contrast": seed_ci, "margin": margin,
                    "teacher_top1": _diagnostic(uld, "teacher_signal", "first_token_top1"),
                    "teacher_top1_all": _diagnostic(uld, "teacher_signal", "answer_top1"),
                    "run_ids": {"lambda0": [p.run.id for p in lam0], "uld": [p.run.id for p in uld],
@@ -110,26 +112,28 @@ class ArmRows:
         out.append({"part": f"arm:{name}", "setting": "uld-lambda0", "train_fraction": 1.0, "metric": "f1",
                     "mean": ci.diff if ci else None, "std": None, "n_runs": None, "ci_low": ci.low if ci else None,
                     "ci_high": ci.high if ci else None, "n_items": ci.n_items if ci else None,
-                    "run_ids": " ".join(row["run_ids"]["uld"] + row["run_ids"]["lambda0"])})
+                    "run_ids": " ".join(row["run_ids"]["uld"] + row["run_ids"]["lambda0"]),
+                    **seed_ci_record(row["seed_contrast"])})
         return out
 
     def grid(self, out: dict) -> tuple[list[str], list[list[str]]]:
         head = ["Arm", "Teacher F1", "Teacher top-1 (1st token)", "λ=0 F1", "ULD F1", "Teacher − λ=0", "ULD − λ=0",
-                "95% CI", "n (λ=0 / ULD)"]
+                "95% CI (questions)", SEED_CI_HEAD, "n (λ=0 / ULD)"]
         body = []
         for r in out["rows"]:
             ci = r["contrast"]
             body.append([r["arm"].name, r["teacher"].format(), _num(r["teacher_top1"], ".3f"), r["lambda0"].format(),
                          r["uld"].format(), _num(r["margin"], "+.2f"), MISSING if ci is None else f"{ci.diff:+.2f}",
-                         MISSING if ci is None else f"[{ci.low:.2f}, {ci.high:.2f}]", f"{r['lambda0'].n} / {r['uld'].n}"])
+                         MISSING if ci is None else f"[{ci.low:.2f}, {ci.high:.2f}]", seed_ci_cell(r["seed_contrast"]),
+                         f"{r['lambda0'].n} / {r['uld'].n}"])
         return head, body
 
     def markdown(self, out: dict, metrics: Sequence[str]) -> list[str]:
         return panel_markdown(self.heading, *self.grid(out),
                               "Teacher top-1: mean probability of the cached teacher signal's top token at the first answer "
                               "token of the training answers (at the signal's temperature), from the ULD runs' diagnostics. "
-                              f"Intervals: paired bootstrap over the evaluation questions, seeds averaged per question, "
-                              f"{BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}.")
+                              f"Questions: paired bootstrap over the evaluation questions, seeds averaged per question, "
+                              f"{BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}. {SEED_CI_NOTE}")
 
     def latex(self, out: dict, metrics: Sequence[str]) -> list[str]:
         return latex_grid(*self.grid(out))

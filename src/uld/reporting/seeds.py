@@ -21,7 +21,8 @@ import pandas as pd
 from uld.io import atomic_write_text
 from uld.reporting.figures import save_figure
 from uld.reporting.spec import GridPoint, TablePlan, TableSpec
-from uld.reporting.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, BootstrapCI, SeedSummary, paired_contrast, seed_summary
+from uld.reporting.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, BootstrapCI, SeedQuestionCI, SeedSummary, paired_contrast,
+                                 seed_paired_contrast, seed_summary)
 from uld.reporting.text import (METRIC_LABELS, MISSING, SETTING_LABELS, fixture_lines, label, latex_grid, markdown_grid,
                                panel_markdown, tex_pm)
 from uld.results import load_results
@@ -30,19 +31,38 @@ from uld.store import RunFolder
 __all__ = ["SeedTable", "SettingRows", "Contrast", "FractionRows", "SeedResult", "contrast_text", "run_hardware"]
 
 TASK_NAMES = {"squad": "SQuAD", "qed": "QED", "fairytaleqa": "FairytaleQA", "pubmedqa": "PubMedQA", "dialogsum": "DialogSum"}
-CELL_COLUMNS = ["part", "setting", "train_fraction", "metric", "mean", "std", "n_runs", "ci_low", "ci_high", "n_items", "run_ids"]
+CELL_COLUMNS = ["part", "setting", "train_fraction", "metric", "mean", "std", "n_runs", "ci_low", "ci_high", "n_items", "run_ids",
+                "sq_low", "sq_high", "n_seeds"]  # sq_*: the seeds × questions interval, over n_seeds paired seeds
+SEED_CI_HEAD = "95% CI (seeds + questions)"
+SEED_CI_NOTE = ("Seeds + questions: runs paired by seed, a crossed seeds × questions random-effects interval "
+                "(method-of-moments variance components, Satterthwaite t); it needs ≥ 2 paired seeds.")
 
 
 def _frac(p: GridPoint) -> float:
     return round(float(p.info["train_fraction"]), 4)
 
 
-def contrast_text(ci: Optional[BootstrapCI], what: str = "ULD − λ=0") -> str:
+def contrast_text(ci: Optional[BootstrapCI], what: str = "ULD − λ=0", seed_ci: Optional[SeedQuestionCI] = None) -> str:
     if ci is None:
         return f"{what}: {MISSING} (no paired interval yet)"
     return (f"{what}: {ci.diff:+.2f} F1, {100 * ci.level:g}% CI [{ci.low:.2f}, {ci.high:.2f}] "
-            f"(paired bootstrap over the {ci.n_items} questions, seeds averaged per question, "
-            f"{ci.resamples:,} resamples, seed {ci.seed})")
+            f"(questions only: paired bootstrap over the {ci.n_items} questions, seeds averaged per question, "
+            f"{ci.resamples:,} resamples, seed {ci.seed}); {seed_ci_text(seed_ci)}")
+
+
+def seed_ci_text(ci: Optional[SeedQuestionCI]) -> str:
+    if ci is None:
+        return f"seeds + questions: {MISSING} (fewer than 2 paired seeds)"
+    return (f"seeds + questions: {100 * ci.level:g}% CI {ci.format()} ({ci.n_seeds} paired seeds × {ci.n_items} "
+            f"questions, crossed random effects, t with {ci.df:.1f} df)")
+
+
+def seed_ci_cell(ci: Optional[SeedQuestionCI]) -> str:
+    return MISSING if ci is None else ci.format()
+
+
+def seed_ci_record(ci: Optional[SeedQuestionCI]) -> dict:
+    return {"sq_low": ci.low if ci else None, "sq_high": ci.high if ci else None, "n_seeds": ci.n_seeds if ci else None}
 
 
 def _ci_cells(ci: Optional[BootstrapCI]) -> tuple[str, str]:
@@ -83,6 +103,7 @@ class _Cells:
         self.runs = pd.DataFrame.from_records(records, columns=["run_id", "setting", "model", "train_fraction", "seed", "metric", "value"])
         self.notes: list[str] = []
         self._contrasts: dict[tuple, Optional[BootstrapCI]] = {}
+        self._seed_contrasts: dict[tuple, Optional[SeedQuestionCI]] = {}
 
     def runs_of(self, setting: str, frac: float) -> list[RunFolder]:
         return [p.run for p in self.done if p.info["setting"] == setting and _frac(p) == frac]
@@ -112,6 +133,17 @@ class _Cells:
                     self.notes.append(f"{what}: no interval, {exc}")
             self._contrasts[key] = ci
         return self._contrasts[key]
+
+    def seed_contrast(self, a: str, b: str, frac: float) -> Optional[SeedQuestionCI]:
+        """``a`` minus ``b`` at ``frac`` with runs paired by seed (None without two paired seeds or a file)."""
+        key = (a, b, frac)
+        if key not in self._seed_contrasts:
+            ra, rb = self.runs_of(a, frac), self.runs_of(b, frac)
+            try:
+                self._seed_contrasts[key] = seed_paired_contrast(ra, rb) if ra and rb else None
+            except FileNotFoundError:  # the question-only interval's note already says which file
+                self._seed_contrasts[key] = None
+        return self._seed_contrasts[key]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,13 +197,13 @@ class Contrast:
 
     def collect(self, cells: _Cells, metrics: Sequence[str]) -> dict:
         ci = cells.contrast(self.a, self.b, self.train_fraction, f"{self.what} ({100 * self.train_fraction:.0f}%)")
-        return {"panel": self, "ci": ci, "records": []}
+        return {"panel": self, "ci": ci, "seed_ci": cells.seed_contrast(self.a, self.b, self.train_fraction), "records": []}
 
     def markdown(self, out: dict, metrics: Sequence[str]) -> list[str]:
-        return ["", contrast_text(out["ci"], self.what)]
+        return ["", contrast_text(out["ci"], self.what, out["seed_ci"])]
 
     def latex(self, out: dict, metrics: Sequence[str]) -> list[str]:
-        return ["", r"\smallskip", tex_pm(contrast_text(out["ci"], self.what))]
+        return ["", r"\smallskip", tex_pm(contrast_text(out["ci"], self.what, out["seed_ci"]))]
 
 
 @dataclass(frozen=True)
@@ -190,7 +222,7 @@ class FractionRows:
             ci = cells.contrast(self.a, self.b, frac, f"{self.what} ({100 * frac:.0f}%)")
             ids = {s: [r.id for r in cells.runs_of(s, frac)] for s in (self.b, self.a)}
             row = {"train_fraction": frac, self.b: cells.summary(self.b, frac, "f1"), self.a: cells.summary(self.a, frac, "f1"),
-                   "contrast": ci, "run_ids": ids}
+                   "contrast": ci, "seed_contrast": cells.seed_contrast(self.a, self.b, frac), "run_ids": ids}
             rows.append(row)
             for setting in (self.b, self.a):
                 s = row[setting]
@@ -200,20 +232,20 @@ class FractionRows:
             records.append({"part": "contrast", "setting": f"{self.a}-{self.b}", "train_fraction": frac, "metric": "f1",
                             "mean": ci.diff if ci else None, "std": None, "n_runs": None, "ci_low": ci.low if ci else None,
                             "ci_high": ci.high if ci else None, "n_items": ci.n_items if ci else None,
-                            "run_ids": " ".join(ids[self.a] + ids[self.b])})
+                            "run_ids": " ".join(ids[self.a] + ids[self.b]), **seed_ci_record(row["seed_contrast"])})
         return {"panel": self, "rows": rows, "records": records}
 
     def grid(self, out: dict) -> tuple[list[str], list[list[str]]]:
         la, lb = SETTING_LABELS.get(self.a, self.a), SETTING_LABELS.get(self.b, self.b)
-        head = ["Fraction", f"n ({lb} / {la})", f"{lb} F1", f"{la} F1", self.what, "95% CI"]
+        head = ["Fraction", f"n ({lb} / {la})", f"{lb} F1", f"{la} F1", self.what, "95% CI (questions)", SEED_CI_HEAD]
         body = [[label("train_fraction", r["train_fraction"]), f"{r[self.b].n} / {r[self.a].n}", r[self.b].format(),
-                 r[self.a].format(), *_ci_cells(r["contrast"])] for r in out["rows"]]
+                 r[self.a].format(), *_ci_cells(r["contrast"]), seed_ci_cell(r["seed_contrast"])] for r in out["rows"]]
         return head, body
 
     def markdown(self, out: dict, metrics: Sequence[str]) -> list[str]:
         return panel_markdown(self.heading, *self.grid(out),
-                              f"Intervals: paired bootstrap over the evaluation questions, seeds averaged per question, "
-                              f"{BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}.")
+                              f"Questions: paired bootstrap over the evaluation questions, seeds averaged per question, "
+                              f"{BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}. {SEED_CI_NOTE}")
 
     def latex(self, out: dict, metrics: Sequence[str]) -> list[str]:
         return latex_grid(*self.grid(out))
@@ -243,13 +275,18 @@ class SeedTable(TableSpec):
         frame = pd.DataFrame.from_records([r for o in outs for r in o["records"]], columns=CELL_COLUMNS)
         for col in ("n_runs", "n_items"):  # counts stay integers in the CSV, blanks where there is none
             frame[col] = frame[col].astype("Int64")
-        first = plan.points[0].cfg if plan.points else None
+        # the students' data describe the table (a fine-tuned teacher's run may train on other items)
+        students = [p for p in plan.points if p.info["setting"] in ("lambda0", "uld")] or plan.points
+        first = students[0].cfg if students else None
         return SeedResult(spec=self, preset=plan.preset, runs=cells.runs, panels=outs, cells=frame, notes=cells.notes,
                           n_points=len(plan.points), n_complete=len(cells.done),
                           task=first.data.task if first is not None else None,
                           train_size=first.data.train_size if first is not None else None,
                           test_size=first.data.test_size if first is not None else None,
                           val_fraction=first.data.val_fraction if first is not None else None,
+                          sample_seed=first.data.sample_seed if first is not None else None,
+                          sampled=(first.data.pool_order == "shuffled", first.data.test_order == "shuffled")
+                          if first is not None else (False, False),
                           hardware=sorted({run_hardware(p.run) for p in cells.done}))
 
 
@@ -269,6 +306,8 @@ class SeedResult:
     train_size: Optional[int] = None
     test_size: Optional[int] = None
     val_fraction: Optional[float] = None
+    sample_seed: Optional[int] = None
+    sampled: tuple[bool, bool] = (False, False)  # (training pool, evaluated split) drawn at random, not the first rows
     hardware: list[str] = field(default_factory=list)
 
     @property
@@ -294,15 +333,16 @@ class SeedResult:
     @property
     def contrast_line(self) -> str:
         out = self.panel(Contrast)
-        return contrast_text(self.contrast, out["panel"].what if out else "ULD − λ=0")
+        return contrast_text(self.contrast, out["panel"].what if out else "ULD − λ=0", out["seed_ci"] if out else None)
 
     def _preamble(self, store_root: Optional[Path]) -> list[str]:
         lines = fixture_lines(store_root)
         size = ""
         if self.train_size is not None or self.test_size is not None:
             held = f" ({100 * self.val_fraction:g}% held out for checkpoint selection)" if self.val_fraction else ""
-            size = (f"{TASK_NAMES.get(self.task, self.task)}: the first {self.train_size or 'all'} training-pool items{held}, "
-                    f"evaluated on the first {self.test_size or 'all'} dev questions. ")
+            how = [f"a random sample (seed {self.sample_seed}) of" if s else "the first" for s in self.sampled]
+            size = (f"{TASK_NAMES.get(self.task, self.task)}: {how[0]} {self.train_size or 'all'} training-pool items{held}, "
+                    f"evaluated on {how[1]} {self.test_size or 'all'} dev questions. ")
         lines.append(f"{self.n_complete} of {self.n_points} grid points have results. {size}"
                      f"Scores ×100; mean ± sample std over seeds, n = runs (seeds) averaged; {MISSING} = no number.")
         if self.hardware:
