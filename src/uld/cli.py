@@ -361,7 +361,7 @@ def cmd_data_articles(args) -> int:
             continue
         say(f"# {run_id(point)}")
         for part, counts in found.items():
-            say(f"{part}: {sum(counts.values())} items from {len(counts)} article{"" if len(counts) == 1 else "s"}: "
+            say(f"{part}: {sum(counts.values())} items from {len(counts)} article{'' if len(counts) == 1 else 's'}: "
                 + "; ".join(f"{title or '(untitled)'} ({n})" for title, n in counts.items()))
     return 0
 
