@@ -26,10 +26,10 @@ from uld.data import Example, get_task
 from uld.losses import TeacherSignal
 
 
-def sft_rows(signal_dir: str | Path, task: str, split: str = "train") -> Dataset:
+def sft_rows(signal_dir: str | Path, task: str, split: str = "train", cache_dir: str | None = None) -> Dataset:
     """TRL prompt/completion rows (plus ``row_id``) from an exported signal: the student's own zero-shot
     prompt for each item and the teacher's answer as the completion."""
-    rows = load_dataset("parquet", data_dir=str(signal_dir), split=split)
+    rows = load_dataset("parquet", data_dir=str(signal_dir), split=split, cache_dir=cache_dir)
     t = get_task(task)
     out = []
     for rec in rows.select_columns(["row_id", "context", "question", "gold", "answer"]):
@@ -76,7 +76,8 @@ class ULDSFTTrainer(SFTTrainer):
 
 
 def build_trainer(signal_dir: str | Path, student: str | Path, out: str | Path, *, task: str | None = None, steps: int = 50,
-                  batch_size: int = 8, lr: float = 1e-5, lam: float = 1.5, seed: int = 0) -> ULDSFTTrainer:
+                  batch_size: int = 8, lr: float = 1e-5, lam: float = 1.5, seed: int = 0,
+                  cache_dir: str | None = None) -> ULDSFTTrainer:
     signal = TeacherSignalStore.from_dataset(signal_dir)
     tok = AutoTokenizer.from_pretrained(student)
     tok.pad_token = tok.pad_token or tok.eos_token
@@ -84,8 +85,9 @@ def build_trainer(signal_dir: str | Path, student: str | Path, out: str | Path, 
     args = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=lr,
                      logging_steps=1, save_strategy="no", report_to=[], seed=seed, completion_only_loss=True,
                      max_length=None, use_cpu=not torch.cuda.is_available())
-    return ULDSFTTrainer(model=model, args=args, train_dataset=sft_rows(signal_dir, task or signal.meta["task"]),
-                         processing_class=tok, signal=signal, uld_loss=ULDLoss(lam=lam, student_eos_id=tok.eos_token_id))
+    rows = sft_rows(signal_dir, task or signal.meta["task"], cache_dir=cache_dir)
+    return ULDSFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tok, signal=signal,
+                         uld_loss=ULDLoss(lam=lam, student_eos_id=tok.eos_token_id))
 
 
 def main(argv: list[str] | None = None) -> int:

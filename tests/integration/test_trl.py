@@ -109,7 +109,8 @@ def test_trl_trainer_loss_on_a_batch_is_uld_loss(exported, tiny_models, tmp_path
     finally:
         sys.path.pop(0)
     stage, signal_dir = exported
-    trainer = _example_module().build_trainer(signal_dir, tiny_models["student"], tmp_path / "out", steps=1, batch_size=4)
+    trainer = _example_module().build_trainer(signal_dir, tiny_models["student"], tmp_path / "out", steps=1, batch_size=4,
+                                                cache_dir=str(tmp_path / "cache"))
     batch = next(iter(trainer.get_train_dataloader()))
     row_ids = list(batch["row_ids"])
     model = trainer.model.eval()
