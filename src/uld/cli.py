@@ -178,6 +178,7 @@ def _add_config(sub) -> None:
     p.add_argument("--ids", action="store_true", help="print only the run ids")
     p.set_defaults(func=cmd_config)
 
+
 def _add_signal(sub) -> None:
     p = sub.add_parser("signal", help="export or import a teacher signal as a Hugging Face dataset",
                        description="The cached teacher signal of a teacher stage as parquet shards plus a dataset "

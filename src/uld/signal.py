@@ -488,7 +488,7 @@ def write_signal_dataset(out: str | Path, answers, store: "TeacherSignalStore", 
     if ids != store.row_ids():
         raise SignalError(f"{store.path}: the answers and the signal list different rows (or another order)")
     if rows_per_shard < 1:
-        raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
+        raise SignalError(f"rows per shard must be >= 1, got {rows_per_shard}")
     plan: list[tuple[str, np.ndarray]] = []
     splits = answers["split"].astype(str).to_numpy()
     for split, stem in SPLIT_FILES.items():

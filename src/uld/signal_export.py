@@ -86,8 +86,12 @@ def export_signal(stage: str | Path, out: str | Path, *, tokenizer: Optional[str
     staged = out.parent / f".{out.name}.export-tmp"
     remove(staged)
     staged.mkdir(parents=True)
-    shards = write_signal_dataset(staged, answers, store, token_ids, meta, rows_per_shard=rows_per_shard)
-    atomic_write_text(staged / "README.md", dataset_card(read_signal_dataset(staged).meta, stage))
+    try:
+        shards = write_signal_dataset(staged, answers, store, token_ids, meta, rows_per_shard=rows_per_shard)
+        atomic_write_text(staged / "README.md", dataset_card(read_signal_dataset(staged).meta, stage))
+    except BaseException:
+        remove(staged)
+        raise
     swap_dir(staged, out)
     return [out / p.relative_to(staged) for p in shards]
 
@@ -177,6 +181,16 @@ def import_signal(path: str | Path, out: str | Path, *, force: bool = False) -> 
     data = read_signal_dataset(path)
     staged = out.parent / f".{out.name}.import-tmp"
     remove(staged)
+    try:
+        _write_stage(staged, data, path)
+    except BaseException:
+        remove(staged)
+        raise
+    swap_dir(staged, out)
+    return out
+
+
+def _write_stage(staged: Path, data, path: str | Path) -> None:
     rows = [(data.probs[o : o + n], data.tail[o : o + n]) for o, n in zip(data.index["offset"], data.index["length"])]
     write_signal(staged / SIGNAL_DIR, data.index["row_id"].tolist(), rows, k=int(data.meta["k"]),
                  temperature=float(data.meta["temperature"]))
@@ -189,6 +203,4 @@ def import_signal(path: str | Path, out: str | Path, *, force: bool = False) -> 
         atomic_write_text(staged / "config.yaml", stage["config_yaml"])
     atomic_write_text(staged / DONE_MARKER, json.dumps({"n_kept": len(data.answers), "n_tokens": int(len(data.tail)),
                                                          "imported_from": str(path), "format_version": FORMAT_VERSION}) + "\n")
-    swap_dir(staged, out)
-    return out
 
