@@ -185,6 +185,30 @@ def _add_config(sub) -> None:
     p.add_argument("--ids", action="store_true", help="print only the run ids")
     p.set_defaults(func=cmd_config)
 
+
+def _add_signal(sub) -> None:
+    p = sub.add_parser("signal", help="export or import a teacher signal as a Hugging Face dataset",
+                       description="The cached teacher signal of a teacher stage as parquet shards plus a dataset "
+                       "card (`datasets.load_dataset(\"parquet\", data_dir=DIR)` opens it), and back into a "
+                       "teacher-stage folder. Format: docs/signal_format.md.")
+    ssub = p.add_subparsers(dest="signal_command", metavar="SUBCOMMAND")
+    ssub.required = True
+    q = ssub.add_parser("export", help="teacher stage -> parquet shards + README.md", description="Export a complete "
+                        "teacher stage (results/teacher/<id>) to DIR.")
+    q.add_argument("stage", help="teacher-stage folder written by `uld generate`")
+    q.add_argument("--out", required=True, help="output folder (must be empty or absent)")
+    q.add_argument("--tokenizer", help="the teacher's tokenizer folder, when the one the stage recorded has moved")
+    q.add_argument("--rows-per-shard", type=int, default=5000, help="answers per parquet shard (default 5000)")
+    q.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    q.set_defaults(func=cmd_signal_export)
+    q = ssub.add_parser("import", help="parquet shards -> teacher-stage folder", description="Check an exported signal "
+                        "(version, every shard, a CRC per row) and write it as a teacher-stage folder.")
+    q.add_argument("dataset", help="folder written by `uld signal export`")
+    q.add_argument("--out", required=True, help="teacher-stage folder to write (e.g. results/teacher/<id> of the card)")
+    q.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    q.set_defaults(func=cmd_signal_import)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="uld",
@@ -200,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in (_add_run, _add_generate, _add_train, _add_evaluate, _add_table, _add_rehearse, _add_store, _add_diagnose,
-                _add_data, _add_config):
+                _add_data, _add_config, _add_signal):
         add(sub)
     return parser
 
@@ -384,6 +408,21 @@ def cmd_diagnose(args) -> int:
             f"span-start errors {pred['span_start_error_rate']:.3f}, {pred['mean_answer_words']:.1f} words")
         done += 1
     say(f"{done} runs diagnosed")
+    return 0
+
+
+def cmd_signal_export(args) -> int:
+    from uld.signal_export import export_signal
+
+    shards = export_signal(args.stage, args.out, tokenizer=args.tokenizer, rows_per_shard=args.rows_per_shard, force=args.force)
+    say(f"exported {len(shards)} shard(s) + README.md to {args.out}")
+    return 0
+
+
+def cmd_signal_import(args) -> int:
+    from uld.signal_export import import_signal
+
+    say(f"teacher stage: {import_signal(args.dataset, args.out, force=args.force)}")
     return 0
 
 

@@ -17,31 +17,40 @@ Cache layout (``<stage>/signal/``)::
     probs.npy      float16 [N, k]   top-k probabilities per position, sorted descending
     tail.npy       float32 [N]      1 - sum(top-k) per position, computed before rounding
     index.parquet  row_id, offset, length, crc32: row -> its positions [offset, offset + length)
-    meta.json      k, temperature, dtypes, number of positions and rows
+    meta.json      format_version, k, temperature, dtypes, number of positions and rows
 
-The reader checks everything it can before training trusts a byte: array shapes and dtypes against
-``meta.json``, an index that tiles the arrays exactly in order, the width and temperature the config
-asks for, and (caches whose index has ``crc32``) a checksum of every row bound to its id, so a shifted or
-swapped index is an error naming the file, not a silently wrong loss.
+The reader checks everything it can before training trusts a byte: the format version, array shapes and
+dtypes against ``meta.json``, an index that tiles the arrays exactly in order, the width and temperature
+the config asks for, and (caches whose index has ``crc32``) a checksum of every row bound to its id, so a
+shifted or swapped index is an error naming the file, not a silently wrong loss.
+
+The same signal travels outside a stage as parquet shards (``uld signal export``, one row per answer;
+:func:`read_signal_dataset` reads them back, :meth:`TeacherSignalStore.from_dataset` trains from them).
+Both forms are specified, with their versioning rule, in ``docs/signal_format.md``.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import zlib
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 
 from uld.errors import SignalError
 from uld.data.teacher_prompts import encode_teacher_pair
-from uld.io import atomic_write_json, load_npy, read_json, read_parquet, replace, write_parquet
+from uld.io import atomic_write_bytes, atomic_write_json, load_npy, read_json, read_parquet, replace, write_parquet
 from uld.generation import layout, prefix_cache, usable_prefix
 from uld.losses import TeacherSignal, answer_logit_mask, fold_tail, teacher_signal_from_logits
 
 __all__ = [
+    "FORMAT_VERSION",
+    "signal_format_version",
+    "read_signal_dataset",
+    "SignalDataset",
     "answer_logits",
     "signal_rows",
     "online_teacher_signal",
@@ -52,6 +61,12 @@ __all__ = [
 ]
 
 SIGNAL_DIR = "signal"
+# The version of docs/signal_format.md this module writes; the readers accept exactly these.
+FORMAT_VERSION = 1
+KNOWN_VERSIONS = (1,)
+# What every stage's generation.json said about its signal before the version was written: the
+# version-1 layout (see signal_format_version).
+_V1_RECORD = {"positions": "answer tokens + EOS", "dtype": "float16", "tail_dtype": "float32"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -227,7 +242,7 @@ def write_signal(folder: str | Path, row_ids: Sequence[str], rows: Sequence[tupl
     index = pd.DataFrame({"row_id": list(row_ids), "offset": offsets, "length": lengths,
                           "crc32": np.array(crcs, dtype=np.int64)})
     write_parquet(index, folder / "index.parquet")
-    meta = {"k": int(k), "temperature": float(temperature), "probs_dtype": "float16", "tail_dtype": "float32",
+    meta = {"format_version": FORMAT_VERSION, "k": int(k), "temperature": float(temperature), "probs_dtype": "float16", "tail_dtype": "float32",
             "n_positions": n, "n_rows": len(row_ids), "positions": "answer tokens + EOS"}
     atomic_write_json(folder / "meta.json", meta)
     return meta
@@ -238,12 +253,43 @@ def write_signal(folder: str | Path, row_ids: Sequence[str], rows: Sequence[tupl
 # --------------------------------------------------------------------------------------------------
 
 
+def _check_version(version: Any, where: Path) -> int:
+    if version not in KNOWN_VERSIONS:
+        raise SignalError(f"{where}: teacher-signal format_version {version!r} is not one this uld reads "
+                          f"(known: {', '.join(map(str, KNOWN_VERSIONS))}); see docs/signal_format.md")
+    return int(version)
+
+
+def signal_format_version(sig: str | Path, meta: Optional[dict] = None) -> int:
+    """The format version of a stage's ``signal/`` folder, or a :class:`SignalError` naming the file.
+
+    ``meta.json`` carries ``format_version`` since version 1 was written down. A folder without one is read
+    as version 1 only when it sits in a teacher stage whose ``generation.json`` describes the version-1
+    layout (``signal``: positions "answer tokens + EOS", float16 probabilities, float32 tail), which every
+    stage written before the version existed records; anything else without a version is refused.
+    """
+    sig = Path(sig)
+    meta_path = sig / "meta.json"
+    if meta is None and meta_path.is_file():
+        meta = read_json(meta_path)
+    if meta is not None and "format_version" in meta:
+        return _check_version(meta["format_version"], meta_path)
+    gen = sig.parent / "generation.json"
+    record = read_json(gen).get("signal", {}) if gen.is_file() else {}
+    if all(record.get(key) == value for key, value in _V1_RECORD.items()):
+        return 1
+    where = meta_path if meta is not None else sig
+    raise SignalError(f"{where}: the teacher signal has no format_version, and {gen} does not describe the version-1 "
+                      "layout either; see docs/signal_format.md")
+
+
 class TeacherSignalStore:
     """Memory-mapped, checked reader of a stage's cached teacher signal.
 
     ``path`` is the stage folder or its ``signal/`` folder. ``expect_k`` / ``expect_temperature``: what
     the config asks for (a cache of another width or temperature is refused). Arrays are opened with
     ``mmap_mode="r"`` and no pickle, so only the rows asked for are read from disk.
+    :meth:`from_dataset` reads the exported parquet form instead (held in memory).
     """
 
     def __init__(self, path: str | Path, *, expect_k: Optional[int] = None, expect_temperature: Optional[float] = None):
@@ -252,19 +298,36 @@ class TeacherSignalStore:
         for name in ("probs.npy", "tail.npy", "index.parquet"):
             if not (sig / name).is_file():
                 raise FileNotFoundError(f"teacher signal store {sig}: {name} is missing (is the teacher stage complete?)")
-        self.path = sig
-        self.probs = load_npy(sig / "probs.npy")
-        self.tail = load_npy(sig / "tail.npy")
-        self.meta = read_json(sig / "meta.json") if (sig / "meta.json").is_file() else self._legacy_meta(sig)
+        meta = read_json(sig / "meta.json") if (sig / "meta.json").is_file() else self._legacy_meta(sig)
+        meta["format_version"] = signal_format_version(sig, meta if (sig / "meta.json").is_file() else None)
+        self._setup(sig, load_npy(sig / "probs.npy"), load_npy(sig / "tail.npy"), read_parquet(sig / "index.parquet"), meta,
+                    sig / "index.parquet", expect_k, expect_temperature)
+
+    @classmethod
+    def from_dataset(cls, path: str | Path, *, expect_k: Optional[int] = None,
+                     expect_temperature: Optional[float] = None) -> "TeacherSignalStore":
+        """The signal of an exported dataset folder (``uld signal export``: parquet shards), checked as
+        :func:`read_signal_dataset` checks it and held in memory; no teacher stage needed."""
+        data = read_signal_dataset(path)
+        store = cls.__new__(cls)
+        store._setup(Path(path), data.probs, data.tail, data.index, data.meta, Path(path), expect_k, expect_temperature)
+        return store
+
+    def _setup(self, sig: Path, probs, tail, idx, meta: dict, index_path: Path, expect_k: Optional[int],
+               expect_temperature: Optional[float]) -> None:
+        self.path, self.probs, self.tail, self.meta = sig, probs, tail, meta
         self._check_arrays()
-        idx = read_parquet(sig / "index.parquet")
-        self._index = self._check_index(idx)
+        self._index = self._check_index(idx, index_path)
         if expect_k is not None and self.k != expect_k:
             raise SignalError(f"{sig / 'probs.npy'}: the cached signal keeps the top {self.k} probabilities, "
                               f"the config asks for generation.top_k_signal={expect_k}")
         if expect_temperature is not None and float(self.meta.get("temperature", 1.0)) != float(expect_temperature):
             raise SignalError(f"{sig}: the signal was cached at temperature {self.meta.get('temperature')}, "
                               f"the config asks for {expect_temperature}")
+
+    @property
+    def format_version(self) -> int:
+        return int(self.meta["format_version"])
 
     @staticmethod
     def _legacy_meta(sig: Path) -> dict:
@@ -284,8 +347,7 @@ class TeacherSignalStore:
             if want is not None and int(want) != int(have):
                 raise SignalError(f"{self.path / 'meta.json'}: says {key}={want}, the arrays have {have}")
 
-    def _check_index(self, idx) -> dict[str, tuple[int, int, Optional[int]]]:
-        where = self.path / "index.parquet"
+    def _check_index(self, idx, where: Path) -> dict[str, tuple[int, int, Optional[int]]]:
         for col in ("row_id", "offset", "length"):
             if col not in idx.columns:
                 raise SignalError(f"{where}: missing column {col!r}")
@@ -365,3 +427,200 @@ class TeacherSignalStore:
         """``lengths [n]`` -> bool ``[n, T]``, True on each row's first ``lengths[i]`` positions."""
         T = int(lengths.max()) if max_len is None and len(lengths) else (max_len or 0)
         return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
+
+
+# --------------------------------------------------------------------------------------------------
+# The dataset form: parquet shards, one row per answer (docs/signal_format.md)
+# --------------------------------------------------------------------------------------------------
+
+SHARD_META_KEY = b"uld_signal"
+SHARD_DIR = "data"
+# the stage's split names -> the Hub's split file names (`load_dataset` recognises these)
+SPLIT_FILES = {"train": "train", "val": "validation"}
+SIGNAL_COLUMNS = ("format_version", "row_index", "row_id", "split", "n_positions", "answer_token_ids", "probs", "tail",
+                  "crc32")
+# keys every shard of one export carries with the same value
+_SHARED_KEYS = ("format_version", "k", "temperature", "n_rows", "n_positions", "shards")
+
+
+class SignalDataset(NamedTuple):
+    """An exported signal read back: what a stage holds, in the stage's own layout.
+
+    answers: one row per answer in signal order (the stage's answer columns + ``answer_token_ids``);
+    probs ``float16 [N, k]``, tail ``float32 [N]`` (N positions); index: ``row_id, offset, length, crc32``
+    (a stage's ``index.parquet``); meta: the shards' common record (version, k, temperature, provenance).
+    """
+
+    answers: Any
+    probs: np.ndarray
+    tail: np.ndarray
+    index: Any
+    meta: dict
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _ragged(values: np.ndarray, lengths: np.ndarray, pa_type):
+    import pyarrow as pa
+
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa_type) if not isinstance(values, pa.Array)
+                                    else values)
+
+
+def write_signal_dataset(out: str | Path, answers, store: "TeacherSignalStore", token_ids: Sequence[Sequence[int]], meta: dict,
+                         *, rows_per_shard: int = 5000) -> list[Path]:
+    """Write ``store``'s signal with its ``answers`` (a DataFrame in the store's row order) and the teacher
+    ``token_ids`` each row predicts as parquet shards ``out/data/<split>-NNNNN-of-NNNNN.parquet``.
+
+    Every shard carries ``meta`` (provenance) plus the format version, k, temperature, totals and the
+    list of shard names in its schema metadata; the version is also a column, so it survives
+    ``datasets.load_dataset``. Each shard is written atomically. Returns the shard paths.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    ids = [str(r) for r in answers["row_id"]]
+    if ids != store.row_ids():
+        raise SignalError(f"{store.path}: the answers and the signal list different rows (or another order)")
+    if rows_per_shard < 1:
+        raise SignalError(f"rows per shard must be >= 1, got {rows_per_shard}")
+    plan: list[tuple[str, np.ndarray]] = []
+    splits = answers["split"].astype(str).to_numpy()
+    for split, stem in SPLIT_FILES.items():
+        rows = np.nonzero(splits == split)[0]
+        parts = [rows[i : i + rows_per_shard] for i in range(0, len(rows), rows_per_shard)]
+        plan += [(f"{SHARD_DIR}/{stem}-{i:05d}-of-{len(parts):05d}.parquet", part) for i, part in enumerate(parts)]
+    unknown = sorted(set(splits) - set(SPLIT_FILES))
+    if unknown:
+        raise SignalError(f"{store.path}: rows of split {unknown[0]!r} (expected {sorted(SPLIT_FILES)})")
+    record = {**meta, "format_version": FORMAT_VERSION, "k": store.k, "temperature": store.temperature,
+              "probs_dtype": "float16", "tail_dtype": "float32", "positions": _V1_RECORD["positions"],
+              "n_rows": len(ids), "n_positions": int(store.probs.shape[0]), "shards": [name for name, _ in plan]}
+    written = []
+    for name, rows in plan:
+        sub = answers.iloc[rows].reset_index(drop=True)
+        spans = [store._locate(ids[r]) for r in rows]
+        lengths = np.array([n for _, n, _ in spans], dtype=np.int64)
+        for r, n in zip(rows, lengths):
+            if len(token_ids[r]) != n:
+                raise SignalError(f"{store.path}: row {ids[r]!r} has {n} signal positions but {len(token_ids[r])} teacher "
+                                  "token ids (answer + EOS): the tokenizer is not the teacher's")
+        probs = np.concatenate([np.asarray(store.probs[o : o + n]) for o, n, _ in spans] or [np.zeros((0, store.k), np.float16)])
+        tail = np.concatenate([np.asarray(store.tail[o : o + n]) for o, n, _ in spans] or [np.zeros(0, np.float32)])
+        flat_ids = np.concatenate([np.asarray(token_ids[r], dtype=np.int32) for r in rows] or [np.zeros(0, np.int32)])
+        table = pa.Table.from_pandas(sub, preserve_index=False)
+        columns = {
+            "format_version": pa.array(np.full(len(rows), FORMAT_VERSION, np.int32)),
+            "row_index": pa.array(rows.astype(np.int64)),
+            "n_positions": pa.array(lengths.astype(np.int32)),
+            "answer_token_ids": _ragged(flat_ids, lengths, pa.int32()),
+            "probs": _ragged(pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1), pa.float16()), store.k), lengths, None),
+            "tail": _ragged(tail, lengths, pa.float32()),
+            # a stage written before checksums has none: the export computes them (the values are the stage's)
+            "crc32": pa.array(np.array([_crc(ids[r], store.probs[o : o + n], store.tail[o : o + n]) if c is None else c
+                                        for r, (o, n, c) in zip(rows, spans)], dtype=np.int64)),
+        }
+        for col, values in columns.items():
+            table = table.append_column(col, values)
+        order = ["format_version", "row_index", "row_id", "split"] + [c for c in table.column_names if c not in SIGNAL_COLUMNS]
+        table = table.select(order + [c for c in SIGNAL_COLUMNS if c not in order])
+        table = table.replace_schema_metadata({SHARD_META_KEY: json.dumps({**record, "shard": name}).encode()})
+        path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        written.append(atomic_write_bytes(path, sink.getvalue().to_pybytes()))
+    return written
+
+
+def _read_shard(path: Path, root: Path):
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
+        raise SignalError(f"{path}: unreadable parquet shard ({_one_line(exc)})") from None
+    raw = (table.schema.metadata or {}).get(SHARD_META_KEY)
+    if raw is None:
+        raise SignalError(f"{path}: no teacher-signal format_version in its metadata (not a shard written by "
+                          "`uld signal export`); see docs/signal_format.md")
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise SignalError(f"{path}: its teacher-signal metadata is not JSON") from None
+    _check_version(meta.get("format_version"), path)
+    missing = [c for c in SIGNAL_COLUMNS if c not in table.column_names]
+    if missing:
+        raise SignalError(f"{path}: missing column(s) {missing}")
+    if meta.get("shard") != path.relative_to(root).as_posix():
+        raise SignalError(f"{path}: the shard says it is {meta.get('shard')!r} (renamed or moved shard)")
+    versions = set(table.column("format_version").to_pylist())
+    if versions != {meta["format_version"]}:
+        raise SignalError(f"{path}: rows of format_version {sorted(versions)} in a shard of version {meta['format_version']}")
+    return table, meta
+
+
+def read_signal_dataset(path: str | Path) -> SignalDataset:
+    """Read and check an exported signal (``uld signal export``): every shard present, readable and of a
+    known version, one export's shards only, rows in order, shapes, and each row's CRC32. Any failure is a
+    :class:`SignalError` naming the shard (and the row)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such exported teacher signal folder")
+    files = sorted(p for p in root.rglob("*.parquet") if not any(part.startswith(".") for part in p.relative_to(root).parts))
+    if not files:
+        raise SignalError(f"{root}: no parquet shards (expected {SHARD_DIR}/*.parquet written by `uld signal export`)")
+    tables, metas = [], []
+    for f in files:
+        table, meta = _read_shard(f, root)
+        tables.append(table.append_column("_shard", pa.array([str(f)] * table.num_rows)))
+        metas.append(meta)
+    first = metas[0]
+    for f, m in zip(files, metas):
+        for key in _SHARED_KEYS:
+            if m.get(key) != first.get(key):
+                raise SignalError(f"{f}: says {key}={m.get(key)!r} but {files[0]} says {first.get(key)!r} "
+                                  "(shards of different exports)")
+    present = {f.relative_to(root).as_posix() for f in files}
+    for name in first["shards"]:
+        if name not in present:
+            raise SignalError(f"{root / name}: shard missing ({len(present)} of {len(first['shards'])} present)")
+    k = int(first["k"])
+    table = pa.concat_tables(tables, promote_options="default")
+    table = table.take(pa.array(np.argsort(table.column("row_index").to_numpy(), kind="stable")))
+    shard_of = table.column("_shard").to_pylist()
+    row_index = table.column("row_index").to_numpy()
+    ids = [str(r) for r in table.column("row_id").to_pylist()]
+    if not np.array_equal(row_index, np.arange(len(row_index))) or len(row_index) != first["n_rows"]:
+        bad = next((i for i, r in enumerate(row_index) if r != i), min(len(row_index), len(shard_of) - 1))
+        raise SignalError(f"{shard_of[bad]}: row_index does not run 0..{first['n_rows'] - 1} across the shards "
+                          f"(row {ids[bad]!r} has {row_index[bad]})")
+    lengths = table.column("n_positions").to_numpy().astype(np.int64)
+    probs_col, tail_col, tok_col = (table.column(c).combine_chunks() for c in ("probs", "tail", "answer_token_ids"))
+    if probs_col.type.value_type != pa.list_(pa.float16(), k):
+        raise SignalError(f"{shard_of[0]}: column probs is {probs_col.type}, expected list<fixed_size_list<halffloat, {k}>>")
+    for name, col in (("probs", probs_col), ("tail", tail_col), ("answer_token_ids", tok_col)):
+        counts = col.value_lengths().to_numpy(zero_copy_only=False)
+        bad = np.nonzero(counts != lengths)[0]
+        if len(bad):
+            i = int(bad[0])
+            raise SignalError(f"{shard_of[i]}: row {ids[i]!r} has {counts[i]} {name} entries, n_positions says {lengths[i]}")
+    probs = np.asarray(probs_col.flatten().flatten().to_numpy(zero_copy_only=False), dtype=np.float16).reshape(-1, k)
+    tail = np.asarray(tail_col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(lengths) else np.zeros(0, np.int64)
+    crcs = table.column("crc32").to_numpy()
+    for i, (rid, off, n) in enumerate(zip(ids, offsets, lengths)):
+        if _crc(rid, probs[off : off + n], tail[off : off + n]) != int(crcs[i]):
+            raise SignalError(f"{shard_of[i]}: the signal of row {rid!r} does not match its crc32 (the shard was altered)")
+    answers = table.drop_columns(["_shard", "format_version", "row_index", "n_positions", "probs", "tail", "crc32"]).to_pandas()
+    index = pd.DataFrame({"row_id": ids, "offset": offsets, "length": lengths, "crc32": crcs.astype(np.int64)})
+    meta = {key: value for key, value in first.items() if key != "shard"}
+    return SignalDataset(answers, probs, tail, index, meta)

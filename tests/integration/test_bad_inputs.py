@@ -264,6 +264,11 @@ def _teacher_cases() -> list[Case]:
         path.write_text(json.dumps({**json.loads(path.read_text()), "temperature": 0.5}))
         return _retrain(c)
 
+    def version(c: Ctx) -> list[str]:
+        path = _stage_file(c, "signal", "meta.json")
+        path.write_text(json.dumps({**json.loads(path.read_text()), "format_version": 99}))
+        return _retrain(c)
+
     def corrupt_answers(c: Ctx) -> list[str]:
         _stage_file(c, "answers.parquet").write_bytes(b"PAR1 broken")
         return _retrain(c)
@@ -300,6 +305,7 @@ def _teacher_cases() -> list[Case]:
         ("teacher-signal-too-narrow", narrow, r"probs\.npy: the cached signal keeps the top 8 .*generation\.top_k_signal=16"),
         ("teacher-signal-lengths", lengths, r"row .* has \d+ cached positions but .*answers\.parquet says n_answer_tokens"),
         ("teacher-signal-temperature", temperature, r"signal was cached at temperature 0\.5, the config asks for 1\.0"),
+        ("teacher-signal-version", version, r"signal/meta\.json: teacher-signal format_version 99 is not one this uld reads"),
         ("teacher-answers-corrupt", corrupt_answers, r"answers\.parquet: unreadable parquet file"),
         ("teacher-answers-column", answers_column, r"answers\.parquet: missing column\(s\) \['teacher_prompt'\]"),
         ("teacher-probs-corrupt", corrupt_probs, r"probs\.npy: unreadable \.npy file"),
