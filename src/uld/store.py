@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
+import json
 import os
 import platform
 import subprocess
@@ -102,6 +104,27 @@ class RunFolder:
     def is_complete(self) -> bool:
         """True once the final record (``scores.json``) is in place and no change is half done."""
         return self.exists(self.FINAL) and not self.exists(COMMIT_JOURNAL)
+
+    # the records "done" rests on: the final scores and the evaluation outputs they summarise
+    DONE_RECORDS = (FINAL, "eval/scores.json", "eval/predictions.jsonl")
+
+    def damaged(self, names: Sequence[str] = DONE_RECORDS) -> list[tuple[str, str]]:
+        """``(file, why)`` for each of ``names`` present in the folder that does not read back as a record
+        (empty, truncated, not JSON, not an object, scores without metrics): a complete-looking run whose
+        results are gone. Reading only: it changes nothing."""
+        out = []
+        for name in names:
+            path = self.file(name)
+            if path.is_file():
+                why = _record_problem(path)
+                if why:
+                    out.append((name, f"{path}: {why}"))
+        return out
+
+    @property
+    def is_done(self) -> bool:
+        """Complete, and its final records read: what lets a rerun skip the run."""
+        return self.is_complete and not self.damaged()
 
     # ---- records ---------------------------------------------------------------------------------
 
@@ -235,8 +258,58 @@ class RunFolder:
         for sub in ("best", "last", "state"):
             recover_dir(self.file("checkpoints", sub))
 
+    def leftovers(self) -> list[Path]:
+        """Staging folders and the journal of interrupted writers."""
+        return sorted(self.path.glob(".staging-*")) + sorted(self.path.glob(COMMIT_JOURNAL))
+
+    def clean_leftovers(self) -> list[Path]:
+        """Finish or drop what interrupted writers left in a complete run (a killed ``--force`` retraining's
+        ``.staging-train/``, a failed re-evaluation's ``.staging-eval/``), if no process holds the run now.
+        Returns what was removed."""
+        if not self.leftovers():
+            return []
+        try:
+            with self.lock():
+                self.recover()
+                gone = [p for p in self.leftovers() if p.name != COMMIT_JOURNAL]
+                for p in gone:
+                    remove(p)
+                return gone
+        except RunLocked:  # its writer is alive: the folder is its business
+            return []
+
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"RunFolder({str(self.path)!r})"
+
+
+def _record_problem(path: Path) -> Optional[str]:
+    """Why a JSON / JSONL record file does not read back whole, or None."""
+    try:
+        text = read_text(path)
+    except (ResultsError, OSError) as exc:
+        return f"unreadable ({exc})"
+    if not text.strip():
+        return "empty file"
+    if path.suffix == ".jsonl":
+        if not text.endswith("\n"):
+            return "truncated (no newline after its last line)"
+        for i, line in enumerate(text.splitlines(), 1):
+            try:
+                row = json.loads(line) if line.strip() else {}
+            except json.JSONDecodeError as exc:
+                return f"line {i}: invalid JSON ({exc.msg})"
+            if not isinstance(row, dict):
+                return f"line {i}: not a JSON object"
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"invalid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if path.name == RunFolder.FINAL and not isinstance(record.get("metrics"), dict):
+        return "not a scores record (no 'metrics' object)"
+    return None
 
 
 def find_run(cfg: ExperimentConfig, root: str | os.PathLike | None = None) -> RunFolder:
@@ -349,16 +422,18 @@ class StoreReport:
     orphans: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (folder, why it cannot be found)
     leftovers: list[str] = dataclasses.field(default_factory=list)  # staging folders, journals of crashed writers
     locked: list[str] = dataclasses.field(default_factory=list)
+    damaged: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (record, why it does not read)
 
     @property
     def clean(self) -> bool:
-        return not self.orphans
+        return not self.orphans and not self.damaged
 
     def format(self) -> str:
         lines = [f"store {self.root}: {len(self.ok)} folders match their ids, {len(self.unfinished)} unfinished, "
                  f"{len(self.orphans)} orphaned, {len(self.leftovers)} left over by interrupted writers, "
-                 f"{len(self.locked)} being written now"]
+                 f"{len(self.locked)} being written now, {len(self.damaged)} with damaged records"]
         lines += [f"  ORPHAN {folder}: {why}" for folder, why in self.orphans]
+        lines += [f"  DAMAGED {record}: {why} (`uld run` of its config evaluates it again)" for record, why in self.damaged]
         lines += [f"  unfinished {folder}" for folder in self.unfinished]
         lines += [f"  leftover {p} (a rerun of its run recovers or replaces it)" for p in self.leftovers]
         lines += [f"  locked {p}" for p in self.locked]
@@ -366,13 +441,19 @@ class StoreReport:
 
 
 def _is_locked(lock: Path) -> bool:
-    if not lock.exists():
+    """Whether a process holds ``lock``, asked without writing (a shared probe on a read-only descriptor),
+    so a check works on a read-only or full store."""
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
         return False
     try:
-        with file_lock(lock, blocking=False):
-            return False
-    except RunLocked:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
         return True
+    finally:
+        os.close(fd)  # drops the probe's lock too
+    return False
 
 
 def check_store(root: str | os.PathLike = "results") -> StoreReport:
@@ -396,7 +477,7 @@ def check_store(root: str | os.PathLike = "results") -> StoreReport:
             if not folder.is_dir():
                 continue
             run = RunFolder(folder)
-            for p in sorted(folder.glob(".staging-*")) + sorted(folder.glob(COMMIT_JOURNAL)):
+            for p in run.leftovers():
                 report.leftovers.append(f"{rel}/{p.name}")
             if not run.exists("config.yaml"):
                 report.orphans.append((rel, "no config.yaml"))
@@ -410,6 +491,9 @@ def check_store(root: str | os.PathLike = "results") -> StoreReport:
                 report.orphans.append((rel, f"its config's id is {want}"))
             elif kind == "runs" and not run.is_complete:
                 report.unfinished.append(rel)
+            elif kind == "runs" and run.damaged((*RunFolder.DONE_RECORDS, "train_summary.json")):
+                report.damaged += [(f"{rel}/{name}", why) for name, why in
+                                   run.damaged((*RunFolder.DONE_RECORDS, "train_summary.json"))]
             elif kind == "teacher" and not run.exists(".done"):
                 report.unfinished.append(rel)
             else:

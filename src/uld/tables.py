@@ -109,7 +109,8 @@ def build_table(
     """Plan the table's grid, run what is missing (unless ``report_only``), write md / tex / csv.
 
     ``force`` re-runs every grid point; it contradicts ``report_only``. Tables go to ``out_dir``
-    (default ``<store_root>/tables``), a seed table's figure to ``<store_root>/figures``.
+    (default ``<store_root>/tables``), a seed table's figure to ``out_dir`` too when it is given, else
+    to ``<store_root>/figures``.
     """
     if report_only and force:
         raise ConfigError("--force re-runs the grid; it cannot be combined with --report-only")
@@ -120,7 +121,9 @@ def build_table(
         launch.failed += on_main(lambda: diagnose_missing(plan.points)) or []
     out = Path(out_dir) if out_dir is not None else Path(store_root) / "tables"
     table = spec.collect(plan, reference=reference)
-    kwargs = {"figures_dir": figures_dir(store_root)} if getattr(spec, "figure", None) is not None else {}
+    # an explicit out_dir is where everything goes, figures included: the store is only read
+    figs = out if out_dir is not None else figures_dir(store_root)
+    kwargs = {"figures_dir": figs} if getattr(spec, "figure", None) is not None else {}
     paths = on_main(lambda: table.write(out, store_root=Path(store_root), **kwargs))
     return BuiltTable(table=table, paths=paths, plan=plan, launch=launch)
 
