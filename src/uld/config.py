@@ -45,6 +45,7 @@ __all__ = [
     "load_config",
     "MAX_GRID_POINTS",
     "name_problem",
+    "explicit_keys",
     "load_yaml_config",
     "from_dict",
     "to_dict",
@@ -503,6 +504,16 @@ def name_problem(name: Any) -> str | None:
     if any(ch.isspace() and ch != " " or not ch.isprintable() for ch in name):
         return f"must be one line of printable characters, got {name!r}"
     return None
+
+
+def explicit_keys(path: str | os.PathLike, overrides: list[str] | None = None) -> set[str]:
+    """The dotted keys a config file (its ``base:`` chain included), its grid, its per-task settings and
+    the overrides set; every other field takes today's schema default."""
+    data = migrate(load_yaml_config(path), source=str(path))
+    keys = {k for k, _ in _leaves({k: v for k, v in data.items() if k not in ("grid", "per_task")})}
+    keys |= {RENAMED.get(k, k) for k in data.get("grid") or {}}
+    keys |= {RENAMED.get(k, k) for values in (data.get("per_task") or {}).values() for k in values}
+    return keys | {RENAMED.get(k, k) for k in (_split_override(o)[0] for o in overrides or [])}
 
 
 def _leaves(tree: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:

@@ -353,9 +353,12 @@ def file_lock(path: str | os.PathLike, *, blocking: bool = True, what: str = "")
         if previous.get("pid") and not _alive(previous["pid"]):
             warnings.warn(f"{path}: taking over the lock of pid {previous['pid']}, which is no longer running", stacklevel=3)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "command": " ".join(sys.argv[:3])}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(me).encode(), 0)
         acquired = True
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+        except OSError:  # a full disk: the lock holds without its holder record (which only names it)
+            pass
         yield path
     finally:
         if acquired:

@@ -41,9 +41,9 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import yaml
 
-from uld.config import ExperimentConfig, dump_config, from_dict, migrate, one_line
+from uld.config import ExperimentConfig, dump_config, from_dict, migrate, one_line, to_dict
 from uld.errors import ConfigError, ResultsError, RunLocked
-from uld.ids import config_hash, run_id, teacher_stage_id
+from uld.ids import V1_RUN_FIELDS, config_hash, hashed_fields, run_id, teacher_stage_id
 from uld.io import (
     append_jsonl,
     atomic_write_json,
@@ -488,7 +488,9 @@ def check_store(root: str | os.PathLike = "results") -> StoreReport:
                 report.orphans.append((rel, f"its config no longer reads: {exc}"))
                 continue
             if want != folder.name:
-                report.orphans.append((rel, f"its config's id is {want}"))
+                moved = _moved_default(run.config(), folder.name) if kind == "runs" else []
+                why = f"; a schema default moved since it ran: {', '.join(moved)}" if moved else ""
+                report.orphans.append((rel, f"its config's id is {want}{why}"))
             elif kind == "runs" and not run.is_complete:
                 report.unfinished.append(rel)
             elif kind == "runs" and run.damaged((*RunFolder.DONE_RECORDS, "train_summary.json")):
@@ -499,6 +501,53 @@ def check_store(root: str | os.PathLike = "results") -> StoreReport:
             else:
                 report.ok.append(rel)
     return report
+
+
+def _value(cfg: Any, path: str) -> Any:
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return to_dict(cfg)
+
+
+def default_drift(cfg: ExperimentConfig, root: str | os.PathLike, explicit: set[str]) -> list[tuple[str, list[tuple[str, Any, Any]]]]:
+    """Why a grid point finds no run: the finished runs of the store that differ from ``cfg`` only in
+    fields its config file leaves unset (``explicit``: the keys it sets), i.e. in today's defaults.
+    Each comes with those fields as ``(path, the run's value, today's default)``; a run that only a
+    changed schema default separates from its cell is found here instead of silently dropping out."""
+    out = []
+    for folder in sorted((Path(root) / "runs").glob(f"{run_id(cfg).rsplit('-', 1)[0]}-*")):
+        run = RunFolder(folder)
+        if not run.is_complete:
+            continue
+        try:
+            have = run.config()
+        except ResultsError:
+            continue
+        diffs = [(path, _value(have, path), _value(cfg, path)) for path, _, _ in hashed_fields()
+                 if _value(have, path) != _value(cfg, path)]
+        if diffs and not any(path in explicit for path, _, _ in diffs):
+            out.append((folder.name, diffs))
+    return out
+
+
+def _moved_default(cfg: ExperimentConfig, folder_name: str) -> list[str]:
+    """Fields added after the first schema whose default moved since the run was made: setting any one of
+    them back to today's default gives the folder's name (it was hashed away as a default then)."""
+    found = []
+    for path, legacy, f in hashed_fields():
+        if legacy in V1_RUN_FIELDS or f.default is dataclasses.MISSING:
+            continue
+        value = _value(cfg, path)
+        if value == to_dict(f.default):
+            continue
+        trial = from_dict(ExperimentConfig, to_dict(cfg))
+        parent = trial
+        for part in path.split(".")[:-1]:
+            parent = getattr(parent, part)
+        setattr(parent, path.rsplit(".", 1)[-1], f.default)
+        if run_id(trial) == folder_name:
+            found.append(f"'{path}' (the run's {value!r}, today's default {f.default!r})")
+    return found
 
 
 def migrate_store(root: str | os.PathLike = "results", *, apply: bool = False,

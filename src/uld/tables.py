@@ -139,6 +139,20 @@ def table_arg_parser(spec: TableSpec, description: str | None = None) -> argpars
     return p
 
 
+def _lost_runs(plan: TablePlan) -> list[str]:
+    """A line per cell without a run that a changed schema default separated from its run."""
+    from uld.config import explicit_keys
+    from uld.store import default_drift
+
+    lines = []
+    for p in plan.missing():
+        for folder, diffs in default_drift(p.cfg, plan.store_root, explicit_keys(p.source)):
+            fields = ", ".join(f"'{k}' (the run's {a!r}, today's default {b!r})" for k, a, b in diffs)
+            lines.append(f"  LOST {p.run.id} ({p.source.name}): runs/{folder} differs only in defaults that changed since "
+                         f"it ran: {fields}; set them in {p.source.name} to use it")
+    return lines
+
+
 def table_script(spec: TableSpec | str, argv: Sequence[str] | None = None, description: str | None = None) -> int:
     """Body of every ``paper_tables/table_*.py`` (and ``uld table``): parse, build, report. Exit code."""
     spec = load_spec(spec) if isinstance(spec, str) else spec
@@ -151,6 +165,8 @@ def table_script(spec: TableSpec | str, argv: Sequence[str] | None = None, descr
     if not dist().is_main:
         return 0 if built.ok else 1
     print(built.plan.summary())
+    for line in _lost_runs(built.plan):
+        print(line)
     if built.launch is not None:
         print(f"launched {len(built.launch.launched)} runs; {len(built.launch.failed)} failed; "
               f"{len(built.launch.busy)} being computed by another process")
