@@ -497,10 +497,10 @@ def name_problem(name: Any) -> str | None:
     folder from every reader of the store; a separator or ``..`` puts it somewhere else."""
     if not isinstance(name, str) or not name.strip():
         return f"must be a non-empty name, got {name!r}"
-    if name.startswith("."):
-        return f"must not start with '.' (the store skips hidden folders), got {name!r}"
     if "/" in name or "\\" in name or ".." in name:
         return f"must not hold a path separator or '..' (it names one folder of the store), got {name!r}"
+    if name.startswith("."):
+        return f"must not start with '.' (the store skips hidden folders), got {name!r}"
     if any(ch.isspace() and ch != " " or not ch.isprintable() for ch in name):
         return f"must be one line of printable characters, got {name!r}"
     return None

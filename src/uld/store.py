@@ -293,6 +293,7 @@ def _record_problem(path: Path) -> Optional[str]:
     if path.suffix == ".jsonl":
         if not text.endswith("\n"):
             return "truncated (no newline after its last line)"
+        seen: dict[str, int] = {}
         for i, line in enumerate(text.splitlines(), 1):
             try:
                 row = json.loads(line) if line.strip() else {}
@@ -300,6 +301,10 @@ def _record_problem(path: Path) -> Optional[str]:
                 return f"line {i}: invalid JSON ({exc.msg})"
             if not isinstance(row, dict):
                 return f"line {i}: not a JSON object"
+            item = row.get("id")
+            if item is not None and str(item) in seen:
+                return f"line {i}: item id {item!r} repeats line {seen[str(item)]}"
+            seen[str(item)] = i
         return None
     try:
         record = json.loads(text)

@@ -546,25 +546,12 @@ def _duplicate_cases() -> list[Case]:
     ours = b"".join(b'{"id": "%s", "prediction": "a", "references": ["a"]}\n' % i for i in (b"q1", b"q2", b"q3", b"q2"))
     authors = b"".join(b'{"id": "%s", "prediction_text": "a", "answers": {"text": ["a"]}}\n' % i for i in (b"x", b"x"))
 
-    def dup_row(run: Path) -> None:
-        path = run / "eval" / "predictions.jsonl"
-        lines = path.read_text().splitlines()
-        path.write_text("\n".join([lines[0], *lines[1:], lines[0]]) + "\n")
-
-    def table(mutate):
-        def setup(c: Ctx) -> list[str]:
-            store = _table_store(c)
-            mutate(next(r for r in sorted((store / "runs").iterdir()) if (r / "eval" / "predictions.jsonl").exists()))
-            return ["table", "micro", "--report-only", "--store", str(store), "--out", str(c.tmp / "tables")]
-        return setup
-
     return [
         ("dup-rescore-ours", rescore(ours), r"p\.jsonl:4: item id 'q2' repeats line 2"),
         ("dup-rescore-authors", rescore(authors), r"p\.jsonl:2: item id 'x' repeats line 1"),
         ("dup-test-split-id", lambda c: ["evaluate", "--checkpoint", str(c.run / "checkpoints" / "best"), "--task", "squad",
                                          "--data-dir", _squad_edit(c, _repeat_question), "--out", str(c.tmp / "o")],
          r"duplicate id"),
-        ("dup-run-predictions", table(dup_row), r"predictions\.jsonl: row \d+: id .* appears twice"),
     ]
 
 
@@ -576,9 +563,8 @@ def _repeat_question(doc: dict) -> None:
 def _strip_tokenizer(c: Ctx, which: str) -> Path:
     folder = c.tmp / f"{which}-no-tokenizer"
     shutil.copytree(c.models[which], folder)
-    from uld.models import TOKENIZER_FILES
-
-    for name in (*TOKENIZER_FILES, "special_tokens_map.json", "chat_template.jinja", "merges.txt"):
+    for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt",
+                 "special_tokens_map.json", "chat_template.jinja", "merges.txt"):
         (folder / name).unlink(missing_ok=True)
     return folder
 
@@ -732,11 +718,15 @@ def _damage(kind: str):
     def no_metrics(p: Path) -> None:
         p.write_text(json.dumps({"task": "squad"}))
 
-    return {"empty": empty, "truncated": truncate, "garbage": garbage, "no-metrics": no_metrics}[kind]
+    def duplicated(p: Path) -> None:  # a row written twice: its item would count twice
+        lines = p.read_text().splitlines()
+        p.write_text("\n".join([*lines, lines[0]]) + "\n")
+
+    return {"empty": empty, "truncated": truncate, "garbage": garbage, "no-metrics": no_metrics, "duplicated": duplicated}[kind]
 
 
 DAMAGED = [("scores.json", "empty"), ("scores.json", "truncated"), ("scores.json", "garbage"), ("scores.json", "no-metrics"),
-           ("eval/scores.json", "empty"), ("eval/predictions.jsonl", "truncated")]
+           ("eval/scores.json", "empty"), ("eval/predictions.jsonl", "truncated"), ("eval/predictions.jsonl", "duplicated")]
 
 
 @pytest.mark.parametrize("record,kind", DAMAGED, ids=[f"{r}-{k}" for r, k in DAMAGED])
@@ -836,17 +826,17 @@ def test_a_table_says_which_changed_default_lost_its_runs(tmp_path, capsys, monk
     assert _full_snapshot(store) == before
 
 
-def test_store_check_names_a_later_field_whose_default_moved(tmp_path, capsys, monkeypatch):
-    from uld.config import GenerationConfig
+def test_store_check_names_a_later_field_whose_default_moved(base, tmp_path, capsys, monkeypatch):
+    from uld.config import DistillConfig
 
     store = tmp_path / "store"
-    shutil.copytree(REPO / "results" / "micro_h100", store)
-    _move_default(monkeypatch, GenerationConfig, "share_prefix", True)  # added after the first schema
+    shutil.copytree(base, store)  # written by today's schema: every field is in its config.yaml
+    _move_default(monkeypatch, DistillConfig, "skip_teacher_eos", True)  # added after the first schema
     before = _full_snapshot(store)
     rc, text = _run_main(["store", "check", "--store", str(store)], capsys)
     orphans = [line for line in text.splitlines() if "ORPHAN runs/" in line]
     assert rc == 1 and orphans, text
-    assert all("'generation.share_prefix' (the run's False, today's default True)" in line for line in orphans), orphans
+    assert all("'training.distill.skip_teacher_eos' (the run's False, today's default True)" in line for line in orphans), orphans
     assert _full_snapshot(store) == before
 
 
@@ -866,11 +856,14 @@ def _namespaces_work() -> bool:
 needs_namespaces = pytest.mark.skipif(not _namespaces_work(), reason="no unprivileged mount namespaces here")
 
 
-def _in_tmpfs(tmp: Path, store: Path, then: str, command: list[str], size: str = "16m") -> subprocess.CompletedProcess:
-    """Copy ``store`` into a fresh tmpfs of ``size``, run the shell step ``then`` (make it read-only,
-    fill it), then ``command`` against the copy; returns the finished process (its stdout lists the copy)."""
+def _in_tmpfs(tmp: Path, store: Path, then: str, command: list[str]) -> subprocess.CompletedProcess:
+    """Copy ``store`` into a fresh tmpfs just larger than it, run the shell step ``then`` (make it
+    read-only, fill it), then ``command`` against the copy; returns the finished process (its stdout
+    lists the copy's files)."""
     mnt = tmp / "mnt"
     mnt.mkdir()
+    files = [p for p in store.rglob("*") if p.is_file()]
+    size = sum(p.stat().st_size + 4096 for p in files) + (8 << 20)
     py = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "uld", *command])
     script = (f"mount -t tmpfs -o size={size} tmpfs {mnt} && cp -a {store} {mnt}/store && {then} && cd {mnt} && {py}; "
               f"rc=$?; echo '#FILES'; find {mnt}/store -type f | sort; exit $rc")
@@ -883,8 +876,8 @@ def _in_tmpfs(tmp: Path, store: Path, then: str, command: list[str], size: str =
 def test_store_check_works_on_a_read_only_or_full_store(how, base, tmp_path):
     mnt = tmp_path / "mnt"
     then = f"mount -o remount,ro {mnt}" if how == "read-only" else f"(dd if=/dev/zero of={mnt}/fill bs=64k 2>/dev/null; true)"
-    proc = _in_tmpfs(tmp_path, base, then, ["store", "check", "--store", f"{mnt}/store"], size="64m")
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = _in_tmpfs(tmp_path, base, then, ["store", "check", "--store", f"{mnt}/store"])
+    assert proc.returncode == 0, proc.stdout[:2000] + proc.stderr[-2000:]
     assert re.search(r"store .*: \d+ folders match their ids, 0 unfinished, 0 orphaned", proc.stdout), proc.stdout
 
 
@@ -901,7 +894,7 @@ def test_an_evaluation_on_a_full_disk_is_one_line_and_leaves_nothing(base, tiny_
     (c.run / "eval" / "predictions.jsonl").unlink()
     then = f"(dd if=/dev/zero of={mnt}/fill bs=4k 2>/dev/null; true)"
     overrides = [o if not o.startswith("output_dir=") else f"output_dir={mnt}/store" for o in c.overrides()]
-    proc = _in_tmpfs(tmp_path, store, then, ["run", str(SMOKE), *overrides, "--stages", "evaluate"], size="64m")
+    proc = _in_tmpfs(tmp_path, store, then, ["run", str(SMOKE), *overrides, "--stages", "evaluate"])
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert re.match(r"uld: error: StoreWriteError: cannot write .*: the disk is full", err[-1]), err[-3:]
