@@ -514,24 +514,34 @@ def _value(cfg: Any, path: str) -> Any:
     return to_dict(cfg)
 
 
-def default_drift(cfg: ExperimentConfig, root: str | os.PathLike, explicit: set[str]) -> list[tuple[str, list[tuple[str, Any, Any]]]]:
-    """Why a grid point finds no run: the finished runs of the store that differ from ``cfg`` only in
-    fields its config file leaves unset (``explicit``: the keys it sets), i.e. in today's defaults.
-    Each comes with those fields as ``(path, the run's value, today's default)``; a run that only a
-    changed schema default separates from its cell is found here instead of silently dropping out."""
-    out = []
-    for folder in sorted((Path(root) / "runs").glob(f"{run_id(cfg).rsplit('-', 1)[0]}-*")):
+def finished_configs(root: str | os.PathLike) -> dict[str, ExperimentConfig]:
+    """Folder name -> config of every finished run of a store whose config reads (read once per report)."""
+    out = {}
+    for folder in sorted((Path(root) / "runs").glob("*")):
         run = RunFolder(folder)
-        if not run.is_complete:
+        if folder.name.startswith(".") or not run.is_complete:
             continue
         try:
-            have = run.config()
+            out[folder.name] = run.config()
         except ResultsError:
+            continue
+    return out
+
+
+def default_drift(cfg: ExperimentConfig, runs: dict[str, ExperimentConfig], explicit: set[str]) -> list[tuple[str, list[tuple[str, Any, Any]]]]:
+    """Why a grid point finds no run: the finished ``runs`` (:func:`finished_configs`) that differ from
+    ``cfg`` only in fields its config file leaves unset (``explicit``: the keys it sets), i.e. in today's
+    defaults. Each comes with those fields as ``(path, the run's value, today's default)``; a run that
+    only a changed schema default separates from its cell is found here instead of silently dropping out."""
+    out = []
+    prefix = run_id(cfg).rsplit("-", 1)[0] + "-"
+    for name, have in runs.items():
+        if not name.startswith(prefix):
             continue
         diffs = [(path, _value(have, path), _value(cfg, path)) for path, _, _ in hashed_fields()
                  if _value(have, path) != _value(cfg, path)]
         if diffs and not any(path in explicit for path, _, _ in diffs):
-            out.append((folder.name, diffs))
+            out.append((name, diffs))
     return out
 
 

@@ -142,11 +142,13 @@ def table_arg_parser(spec: TableSpec, description: str | None = None) -> argpars
 def _lost_runs(plan: TablePlan) -> list[str]:
     """A line per cell without a run that a changed schema default separated from its run."""
     from uld.config import explicit_keys
-    from uld.store import default_drift
+    from uld.store import default_drift, finished_configs
 
+    missing = plan.missing()
+    runs = finished_configs(plan.store_root) if missing else {}
     lines = []
-    for p in plan.missing():
-        for folder, diffs in default_drift(p.cfg, plan.store_root, explicit_keys(p.source)):
+    for p in missing:
+        for folder, diffs in default_drift(p.cfg, runs, explicit_keys(p.source)):
             fields = ", ".join(f"'{k}' (the run's {a!r}, today's default {b!r})" for k, a, b in diffs)
             lines.append(f"  LOST {p.run.id} ({p.source.name}): runs/{folder} differs only in defaults that changed since "
                          f"it ran: {fields}; set them in {p.source.name} to use it")

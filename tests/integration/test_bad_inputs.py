@@ -867,7 +867,9 @@ def _in_tmpfs(tmp: Path, store: Path, then: str, command: list[str]) -> subproce
     py = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "uld", *command])
     script = (f"mount -t tmpfs -o size={size} tmpfs {mnt} && cp -a {store} {mnt}/store && {then} && cd {mnt} && {py}; "
               f"rc=$?; echo '#FILES'; find {mnt}/store -type f | sort; exit $rc")
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    import uld
+
+    env = {**os.environ, "PYTHONPATH": str(Path(uld.__file__).resolve().parents[1])}  # the code under test
     return subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=env, timeout=300)
 
 
