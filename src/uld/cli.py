@@ -34,12 +34,27 @@ def say(*args, **kwargs) -> None:
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment YAML (see experiments/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    p.add_argument("--large-grid", action="store_true", help="accept a grid of more than 1,000 points")
 
 
 def _load(args):
-    from uld.config import load_config
+    from uld.config import MAX_GRID_POINTS, load_config
 
-    return load_config(args.config, args.overrides)
+    return load_config(args.config, args.overrides, max_grid_points=None if args.large_grid else MAX_GRID_POINTS)
+
+
+def _listed(args, option: str, known) -> list[str]:
+    """A comma-separated option's values, each checked against ``known``: a bad one is a one-line error
+    naming the option (the command line, not the config file, is where it came from)."""
+    from uld.errors import ConfigError
+
+    text = getattr(args, option.lstrip("-").replace("-", "_"))
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in values if v not in known]
+    if unknown or not values:
+        what = f"unknown value(s) {', '.join(map(repr, unknown))}" if unknown else "no value"
+        raise ConfigError(f"{option} {text!r} in the command line: {what} (choose from {', '.join(known)})")
+    return values
 
 
 def _add_run(sub) -> None:
@@ -88,6 +103,7 @@ def _add_evaluate(sub) -> None:
                        epilog=EPILOG_OVERRIDES)
     p.add_argument("config", nargs="?", help="experiment YAML")
     p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--large-grid", action="store_true", help="accept a grid of more than 1,000 points")
     p.add_argument("--checkpoint", help="HF model folder or Hub id to evaluate")
     p.add_argument("--task", help="task name (squad, qed, fairytaleqa, pubmedqa, dialogsum)")
     p.add_argument("--tokenizer", help="tokenizer folder when the checkpoint has none")
@@ -233,10 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
-    from uld.pipeline import run_experiment
+    from uld.pipeline import STAGES, run_experiment
 
+    stages = _listed(args, "--stages", STAGES)
     cfg = _load(args)
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     runs = run_experiment(cfg, force=args.force, stages=stages, resume=not args.no_resume, wait=args.wait)
     for r in runs:
         say(f"run: {r.path}")
@@ -284,8 +300,10 @@ def cmd_evaluate(args) -> int:
         get_task(args.task)  # an unknown task is an error naming the known ones
     if args.test_size is not None and args.test_size <= 0:
         raise EvaluationError(f"--test-size must be a positive number of items, got {args.test_size}")
+    from uld.metrics import METRIC_GROUPS
+
+    metrics = _listed(args, "--metrics", list(METRIC_GROUPS))
     if args.rescore:
-        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
         scores = evaluation.rescore_file(args.rescore, task=args.task, protocol=args.protocol, metrics=metrics)
         say(json.dumps(scores, indent=2))
         return 0
@@ -294,7 +312,6 @@ def cmd_evaluate(args) -> int:
             raise SystemExit("uld evaluate --checkpoint needs --task")
         from uld.config import EvaluationConfig
 
-        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
         scores = evaluation.evaluate_checkpoint(
             args.checkpoint,
             args.task,
@@ -457,8 +474,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"uld: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # a full disk or a file-size limit met by a library's own write: still the user's limit, in one line
+        if args.verbose or exc.errno not in _LIMIT_ERRNOS:
+            raise
+        from uld.io import write_error
+
+        print(f"uld: error: StoreWriteError: {write_error(Path(exc.filename or '(a file)'), exc)}", file=sys.stderr)
+        return 2
     finally:
         _leave_process_group()
+
+
+_LIMIT_ERRNOS = (28, 27, 122, 30)  # ENOSPC, EFBIG, EDQUOT, EROFS
 
 
 def _leave_process_group() -> None:

@@ -18,7 +18,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Iterable, Iterator, Literal, Optional
 
 import yaml
 
@@ -43,6 +43,9 @@ __all__ = [
     "EvaluationConfig",
     "ExperimentConfig",
     "load_config",
+    "MAX_GRID_POINTS",
+    "name_problem",
+    "explicit_keys",
     "load_yaml_config",
     "from_dict",
     "to_dict",
@@ -392,8 +395,17 @@ def _pop_dotted(data: dict, key: str) -> tuple[bool, Any]:
     return True, node.pop(parts[-1])
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """YAML file (optional) -> ExperimentConfig -> dotted overrides -> validated config."""
+# a grid past this many points is refused unless asked for (`--large-grid`): a typo in one list (a range
+# pasted where a pair was meant) would otherwise launch thousands of trainings
+MAX_GRID_POINTS = 1000
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None, *,
+                max_grid_points: Optional[int] = MAX_GRID_POINTS) -> ExperimentConfig:
+    """YAML file (optional) -> ExperimentConfig -> dotted overrides -> validated config.
+
+    ``max_grid_points``: a grid expanding to more points is an error naming the count and the limit
+    (None: no limit)."""
     data = load_yaml_config(path) if path is not None else {}
     data = migrate(data, source=str(path) if path else "")
     cfg = from_dict(ExperimentConfig, data, source=str(path) if path else "")
@@ -407,7 +419,14 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         for values in cfg.per_task.values():
             for key in keys & set(values):
                 del values[key]
-    validate(cfg, source=str(path) if path else "")
+    overridden = {RENAMED.get(k, k) for k in (_split_override(o)[0] for o in overrides or [])}
+    validate(cfg, source=str(path) if path else "", overridden=overridden)
+    n_points = math.prod(len(v) for v in cfg.grid.values())
+    if max_grid_points is not None and n_points > max_grid_points:
+        sizes = " x ".join(f"{len(v)} {k}" for k, v in cfg.grid.items())
+        origin = "the command line" if "grid" in overridden else path or "the config"
+        raise ConfigError(f"'grid' in {origin}: {n_points} points ({sizes}) exceed the limit of "
+                          f"{max_grid_points}; pass --large-grid if that many runs are meant")
     return cfg
 
 
@@ -432,12 +451,19 @@ _RULES = {"pos": (lambda v: v > 0, "must be > 0"), "nonneg": (lambda v: v >= 0, 
           "unit": (lambda v: 0 <= v < 1, "must be in [0, 1)")}
 
 
-def validate(cfg: ExperimentConfig, source: str = "") -> None:
-    """Cross-field checks the type system cannot express; the error names the key and the file."""
+def validate(cfg: ExperimentConfig, source: str = "", overridden: Iterable[str] = ()) -> None:
+    """Cross-field checks the type system cannot express; the error names the key and where its value
+    came from: the file, or the command line for the keys in ``overridden``."""
     where = f" in {source}" if source else ""
+    overridden = set(overridden)
 
     def bad(key: str, msg: str) -> ConfigError:
-        return ConfigError(f"'{key}'{where}: {msg}")
+        origin = " in the command line" if key in overridden else where
+        return ConfigError(f"'{key}'{origin}: {msg}")
+
+    problem = name_problem(cfg.name)
+    if problem:
+        raise bad("name", problem)
 
     for key, value in _leaves(to_dict(cfg)):
         if isinstance(value, float) and not math.isfinite(value):
@@ -473,6 +499,30 @@ def validate(cfg: ExperimentConfig, source: str = "") -> None:
                 _get_dotted(cfg, RENAMED.get(key, key))
             except (AttributeError, KeyError):
                 raise ConfigError(f"'per_task.{task}.{key}'{where} is not a config field") from None
+
+
+def name_problem(name: Any) -> str | None:
+    """Why ``name`` cannot name run folders (``runs/<name>-<hash>``), or None. A leading dot hides the
+    folder from every reader of the store; a separator or ``..`` puts it somewhere else."""
+    if not isinstance(name, str) or not name.strip():
+        return f"must be a non-empty name, got {name!r}"
+    if "/" in name or "\\" in name or ".." in name:
+        return f"must not hold a path separator or '..' (it names one folder of the store), got {name!r}"
+    if name.startswith("."):
+        return f"must not start with '.' (the store skips hidden folders), got {name!r}"
+    if any(ch.isspace() and ch != " " or not ch.isprintable() for ch in name):
+        return f"must be one line of printable characters, got {name!r}"
+    return None
+
+
+def explicit_keys(path: str | os.PathLike, overrides: list[str] | None = None) -> set[str]:
+    """The dotted keys a config file (its ``base:`` chain included), its grid, its per-task settings and
+    the overrides set; every other field takes today's schema default."""
+    data = migrate(load_yaml_config(path), source=str(path))
+    keys = {k for k, _ in _leaves({k: v for k, v in data.items() if k not in ("grid", "per_task")})}
+    keys |= {RENAMED.get(k, k) for k in data.get("grid") or {}}
+    keys |= {RENAMED.get(k, k) for values in (data.get("per_task") or {}).values() for k in values}
+    return keys | {RENAMED.get(k, k) for k in (_split_override(o)[0] for o in overrides or [])}
 
 
 def _leaves(tree: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:

@@ -31,10 +31,10 @@ from uld.data import encode_prompt, encode_teacher_prompt, get_task, render_teac
 from uld.distributed import dist, on_main
 from uld.errors import EvaluationError
 from uld.generation import greedy_generate, keep_first_line  # noqa: F401  (keep_first_line re-exported)
-from uld.io import atomic_write_json, atomic_write_text, json_dumps
+from uld.io import atomic_write_json, atomic_write_text, json_dumps, remove
 from uld.metrics import aggregate, bertscore_settings, rescore_file, score_examples
 from uld.model_card import model_card
-from uld.models import ResolvedModel, bind_run_models, load_model, load_tokenizer, resolve_model, shots_for, title_for
+from uld.models import TOKENIZER_FILES, ResolvedModel, bind_run_models, has_tokenizer_files, load_model, load_tokenizer, resolve_model, shots_for, title_for
 from uld.store import RunFolder
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,6 @@ __all__ = [
     "EvaluationError",
 ]
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,7 +328,7 @@ def evaluate_run(
     scores. The evaluated checkpoint's model card gets the scores. Every process may call it; the main
     process evaluates.
     """
-    if on_main(lambda: run.is_complete and not force):
+    if on_main(lambda: run.is_done and not force):  # a damaged scores.json is evaluated again
         log.info("%s: scores.json exists, skipping evaluation", run.path)
         return run.read_json("scores.json")
     return _evaluate_run(bind_run_models(cfg), run, model_dir)
@@ -379,7 +378,11 @@ def _record_evaluation(cfg: ExperimentConfig, run: RunFolder, checkpoint: Option
         card = model_card(cfg, run.id, step=_checkpoint_step(checkpoint), scores=record, checkpoint=checkpoint.name)
         atomic_write_text(checkpoint / "README.md", card)
     staging = run.staging("eval")
-    _write_outputs(staging, rows, record)
+    try:
+        _write_outputs(staging, rows, record)
+    except Exception:
+        remove(staging)  # a full disk gets its space back; the run keeps its old records
+        raise
     run.commit(staging, ["eval", "scores.json"])
 
 
@@ -405,10 +408,6 @@ def run_prompts(cfg: ExperimentConfig, task, examples, resolved: ResolvedModel, 
         return prompts, [encode_teacher_prompt(tokenizer, p) for p in prompts], shots
     shots = select_shots(list(training_pool(cfg.data).train), ev.shots, cfg.data.split_seed) if ev.shots else []
     return build_prompts(task, examples, shots=shots), None, shots
-
-
-def _has_tokenizer_files(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in TOKENIZER_FILES)
 
 
 def evaluate_checkpoint(
@@ -441,7 +440,7 @@ def evaluate_checkpoint(
     ckpt = Path(checkpoint)
     if ckpt.exists() and not ckpt.is_dir():
         raise EvaluationError(f"checkpoint {ckpt} is a file; give the model folder")
-    if ckpt.is_dir() and tokenizer is None and not _has_tokenizer_files(ckpt):
+    if ckpt.is_dir() and tokenizer is None and not has_tokenizer_files(ckpt):
         raise EvaluationError(
             f"checkpoint folder {ckpt} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): pass the "
             f"tokenizer the model was trained with, e.g. `uld evaluate --checkpoint {ckpt} --tokenizer DIR_OR_HUB_ID`"

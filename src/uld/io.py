@@ -114,9 +114,10 @@ def fault_point(kind: str, phase: str, path: str | os.PathLike) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _write_error(path: Path, exc: OSError) -> StoreWriteError:
+def write_error(path: Path, exc: OSError) -> StoreWriteError:
     why = {errno.ENOSPC: "the disk is full", errno.EROFS: "the store is read-only", errno.EACCES: "permission denied",
-           errno.EPERM: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}.get(exc.errno or 0, exc.strerror or str(exc))
+           errno.EPERM: "permission denied", errno.EDQUOT: "the disk quota is exceeded",
+           errno.EFBIG: "the file-size limit is exceeded (ulimit -f)"}.get(exc.errno or 0, exc.strerror or str(exc))
     return StoreWriteError(f"cannot write {path}: {why}; the previous version (if any) is unchanged")
 
 
@@ -127,7 +128,7 @@ def replace(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     try:
         os.replace(src, dst)
     except OSError as exc:
-        raise _write_error(dst, exc) from None
+        raise write_error(dst, exc) from None
     fault_point("replace", "after", dst)
     return dst
 
@@ -148,7 +149,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise _write_error(path, exc) from None
+        raise write_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -158,7 +159,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     except OSError as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise exc if isinstance(exc, StoreWriteError) else _write_error(path, exc) from None
+        raise exc if isinstance(exc, StoreWriteError) else write_error(path, exc) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -208,7 +209,7 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         finally:
             os.close(fd)
     except OSError as exc:
-        raise _write_error(path, exc) from None
+        raise write_error(path, exc) from None
     fault_point("append", "after", path)
 
 
@@ -280,7 +281,7 @@ def copy_dir(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
         shutil.copytree(src, tmp)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _write_error(dest, exc) from None
+        raise write_error(dest, exc) from None
     return swap_dir(tmp, dest)
 
 
@@ -337,7 +338,7 @@ def file_lock(path: str | os.PathLike, *, blocking: bool = True, what: str = "")
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise _write_error(path, exc) from None
+        raise write_error(path, exc) from None
     acquired = False
     try:
         try:
@@ -352,9 +353,12 @@ def file_lock(path: str | os.PathLike, *, blocking: bool = True, what: str = "")
         if previous.get("pid") and not _alive(previous["pid"]):
             warnings.warn(f"{path}: taking over the lock of pid {previous['pid']}, which is no longer running", stacklevel=3)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "command": " ".join(sys.argv[:3])}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(me).encode(), 0)
         acquired = True
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+        except OSError:  # a full disk: the lock holds without its holder record (which only names it)
+            pass
         yield path
     finally:
         if acquired:

@@ -487,7 +487,8 @@ def read_predictions(
     """Read a predictions.jsonl -> (predictions, references_lists, row ids).
 
     Accepts our rows (``prediction`` + ``references``, optional ``id``) and the authors' rows
-    (``prediction_text`` + ``answers``). Problems raise MetricInputError naming file, line and field.
+    (``prediction_text`` + ``answers``). Problems raise MetricInputError naming file, line and field; an
+    item id given twice is one (it would be counted twice in every corpus metric).
     """
     path = Path(path)
     if not path.is_file():
@@ -495,6 +496,7 @@ def read_predictions(
     preds: list[str] = []
     refs: list[list[str]] = []
     ids: list[str] = []
+    first_line: dict[str, int] = {}
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -528,9 +530,14 @@ def read_predictions(
             )
         if not isinstance(pred, str):
             raise MetricInputError(f"{where}{pred_field} must be a str, got {type(pred).__name__}")
+        item = row.get("id")
+        if item is not None:
+            if str(item) in first_line:
+                raise MetricInputError(f"{where}item id {item!r} repeats line {first_line[str(item)]}: each item is scored once")
+            first_line[str(item)] = lineno
         preds.append(pred)
         refs.append(list(ref))
-        ids.append(str(row.get("id", lineno)))
+        ids.append(str(item if item is not None else lineno))
     if not preds:
         raise MetricInputError(f"{path}: no predictions in the file")
     return preds, refs, ids

@@ -163,18 +163,39 @@ def resolve_model(cfg: ModelConfig, registry: dict[str, ModelEntry] | None = Non
     else:
         candidates = [name, entry.hub_id.split("/")[-1], entry.hub_id.replace("/", "--")]
         source = _find_local(candidates) or (name if Path(name).is_dir() else entry.hub_id)
+    if Path(source).is_dir():
+        folder_config(Path(source))
     if Path(source).is_dir() and not registered:
         entry = _complete_entry_from_folder(entry, Path(source))
     dtype = cfg.dtype or entry.dtype
     return ResolvedModel(name, entry, source, cfg.revision, dtype, cfg.trust_remote_code)
 
 
-def _complete_entry_from_folder(entry: ModelEntry, folder: Path) -> ModelEntry:
-    """For unregistered local folders, read the architecture from config.json."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
+
+
+def has_tokenizer_files(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in TOKENIZER_FILES)
+
+
+def folder_config(folder: Path) -> dict:
+    """A model folder's ``config.json`` ({} when it has none); one that does not parse is an error
+    naming the file, before any library reads it."""
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
-        return entry
-    conf = json.loads(cfg_file.read_text())
+        return {}
+    try:
+        conf = json.loads(cfg_file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{cfg_file}: not a model config (invalid JSON: {exc})") from None
+    if not isinstance(conf, dict):
+        raise ModelLoadError(f"{cfg_file}: not a model config (a JSON {type(conf).__name__}, not an object)")
+    return conf
+
+
+def _complete_entry_from_folder(entry: ModelEntry, folder: Path) -> ModelEntry:
+    """For unregistered local folders, read the architecture from config.json."""
+    conf = folder_config(folder)
     if conf.get("is_encoder_decoder"):
         entry = dataclasses.replace(entry, arch="encoder-decoder")
     return entry
@@ -209,6 +230,10 @@ def load_tokenizer(resolved: ResolvedModel, *, padding_side: str | None = None):
     """Load the tokenizer; give it a pad token (EOS) when it has none, so batching works."""
     from transformers import AutoTokenizer
 
+    if Path(resolved.source).is_dir() and not has_tokenizer_files(Path(resolved.source)):
+        # a library would fall back to some default tokenizer: every answer would then tokenize wrongly
+        raise ModelLoadError(f"{resolved.source}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...) in the "
+                             f"model folder of {resolved.name!r}; copy the tokenizer the model was trained with into it")
     try:
         tok = AutoTokenizer.from_pretrained(
             resolved.source, revision=resolved.revision, trust_remote_code=resolved.trust_remote_code

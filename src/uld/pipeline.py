@@ -63,12 +63,18 @@ def run_point(
     redo = set(stages) if force is True else set() if force is False else set(force)
     d = dist()
     run = RunFolder.for_config(cfg)
+    # a final record that no longer reads (emptied, truncated) is not "done": the evaluation runs again
+    for name, why in on_main(lambda: run.damaged() if run.is_complete else [], d) or []:
+        log.warning("%s; evaluating the run again", why)
+        redo.add("evaluate")
 
     def finished() -> bool:
         return run.is_complete and not redo and "evaluate" in stages
 
     if on_main(finished, d):
         log.info("run %s is complete; skipping (use --force to redo it)", run.id)
+        for p in on_main(run.clean_leftovers, d) or []:
+            log.info("removed %s, left by an interrupted writer", p)
         return run
     with contextlib.ExitStack() as held:
         on_main(lambda: held.enter_context(run.lock(blocking=wait)), d)

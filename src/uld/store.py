@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
+import json
 import os
 import platform
 import subprocess
@@ -39,9 +41,9 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import yaml
 
-from uld.config import ExperimentConfig, dump_config, from_dict, migrate, one_line
+from uld.config import ExperimentConfig, dump_config, from_dict, migrate, one_line, to_dict
 from uld.errors import ConfigError, ResultsError, RunLocked
-from uld.ids import config_hash, run_id, teacher_stage_id
+from uld.ids import V1_RUN_FIELDS, config_hash, hashed_fields, run_id, teacher_stage_id
 from uld.io import (
     append_jsonl,
     atomic_write_json,
@@ -102,6 +104,27 @@ class RunFolder:
     def is_complete(self) -> bool:
         """True once the final record (``scores.json``) is in place and no change is half done."""
         return self.exists(self.FINAL) and not self.exists(COMMIT_JOURNAL)
+
+    # the records "done" rests on: the final scores and the evaluation outputs they summarise
+    DONE_RECORDS = (FINAL, "eval/scores.json", "eval/predictions.jsonl")
+
+    def damaged(self, names: Sequence[str] = DONE_RECORDS) -> list[tuple[str, str]]:
+        """``(file, why)`` for each of ``names`` present in the folder that does not read back as a record
+        (empty, truncated, not JSON, not an object, scores without metrics): a complete-looking run whose
+        results are gone. Reading only: it changes nothing."""
+        out = []
+        for name in names:
+            path = self.file(name)
+            if path.is_file():
+                why = _record_problem(path)
+                if why:
+                    out.append((name, f"{path}: {why}"))
+        return out
+
+    @property
+    def is_done(self) -> bool:
+        """Complete, and its final records read: what lets a rerun skip the run."""
+        return self.is_complete and not self.damaged()
 
     # ---- records ---------------------------------------------------------------------------------
 
@@ -235,8 +258,63 @@ class RunFolder:
         for sub in ("best", "last", "state"):
             recover_dir(self.file("checkpoints", sub))
 
+    def leftovers(self) -> list[Path]:
+        """Staging folders and the journal of interrupted writers."""
+        return sorted(self.path.glob(".staging-*")) + sorted(self.path.glob(COMMIT_JOURNAL))
+
+    def clean_leftovers(self) -> list[Path]:
+        """Finish or drop what interrupted writers left in a complete run (a killed ``--force`` retraining's
+        ``.staging-train/``, a failed re-evaluation's ``.staging-eval/``), if no process holds the run now.
+        Returns what was removed."""
+        if not self.leftovers():
+            return []
+        try:
+            with self.lock():
+                self.recover()
+                gone = [p for p in self.leftovers() if p.name != COMMIT_JOURNAL]
+                for p in gone:
+                    remove(p)
+                return gone
+        except RunLocked:  # its writer is alive: the folder is its business
+            return []
+
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"RunFolder({str(self.path)!r})"
+
+
+def _record_problem(path: Path) -> Optional[str]:
+    """Why a JSON / JSONL record file does not read back whole, or None."""
+    try:
+        text = read_text(path)
+    except (ResultsError, OSError) as exc:
+        return f"unreadable ({exc})"
+    if not text.strip():
+        return "empty file"
+    if path.suffix == ".jsonl":
+        if not text.endswith("\n"):
+            return "truncated (no newline after its last line)"
+        seen: dict[str, int] = {}
+        for i, line in enumerate(text.splitlines(), 1):
+            try:
+                row = json.loads(line) if line.strip() else {}
+            except json.JSONDecodeError as exc:
+                return f"line {i}: invalid JSON ({exc.msg})"
+            if not isinstance(row, dict):
+                return f"line {i}: not a JSON object"
+            item = row.get("id")
+            if item is not None and str(item) in seen:
+                return f"line {i}: item id {item!r} repeats line {seen[str(item)]}"
+            seen[str(item)] = i
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"invalid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if path.name == RunFolder.FINAL and not isinstance(record.get("metrics"), dict):
+        return "not a scores record (no 'metrics' object)"
+    return None
 
 
 def find_run(cfg: ExperimentConfig, root: str | os.PathLike | None = None) -> RunFolder:
@@ -349,16 +427,18 @@ class StoreReport:
     orphans: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (folder, why it cannot be found)
     leftovers: list[str] = dataclasses.field(default_factory=list)  # staging folders, journals of crashed writers
     locked: list[str] = dataclasses.field(default_factory=list)
+    damaged: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (record, why it does not read)
 
     @property
     def clean(self) -> bool:
-        return not self.orphans
+        return not self.orphans and not self.damaged
 
     def format(self) -> str:
         lines = [f"store {self.root}: {len(self.ok)} folders match their ids, {len(self.unfinished)} unfinished, "
                  f"{len(self.orphans)} orphaned, {len(self.leftovers)} left over by interrupted writers, "
-                 f"{len(self.locked)} being written now"]
+                 f"{len(self.locked)} being written now, {len(self.damaged)} with damaged records"]
         lines += [f"  ORPHAN {folder}: {why}" for folder, why in self.orphans]
+        lines += [f"  DAMAGED {record}: {why} (`uld run` of its config evaluates it again)" for record, why in self.damaged]
         lines += [f"  unfinished {folder}" for folder in self.unfinished]
         lines += [f"  leftover {p} (a rerun of its run recovers or replaces it)" for p in self.leftovers]
         lines += [f"  locked {p}" for p in self.locked]
@@ -366,13 +446,19 @@ class StoreReport:
 
 
 def _is_locked(lock: Path) -> bool:
-    if not lock.exists():
+    """Whether a process holds ``lock``, asked without writing (a shared probe on a read-only descriptor),
+    so a check works on a read-only or full store."""
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
         return False
     try:
-        with file_lock(lock, blocking=False):
-            return False
-    except RunLocked:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
         return True
+    finally:
+        os.close(fd)  # drops the probe's lock too
+    return False
 
 
 def check_store(root: str | os.PathLike = "results") -> StoreReport:
@@ -396,7 +482,7 @@ def check_store(root: str | os.PathLike = "results") -> StoreReport:
             if not folder.is_dir():
                 continue
             run = RunFolder(folder)
-            for p in sorted(folder.glob(".staging-*")) + sorted(folder.glob(COMMIT_JOURNAL)):
+            for p in run.leftovers():
                 report.leftovers.append(f"{rel}/{p.name}")
             if not run.exists("config.yaml"):
                 report.orphans.append((rel, "no config.yaml"))
@@ -407,14 +493,76 @@ def check_store(root: str | os.PathLike = "results") -> StoreReport:
                 report.orphans.append((rel, f"its config no longer reads: {exc}"))
                 continue
             if want != folder.name:
-                report.orphans.append((rel, f"its config's id is {want}"))
+                moved = _moved_default(run.config(), folder.name) if kind == "runs" else []
+                why = f"; a schema default moved since it ran: {', '.join(moved)}" if moved else ""
+                report.orphans.append((rel, f"its config's id is {want}{why}"))
             elif kind == "runs" and not run.is_complete:
                 report.unfinished.append(rel)
+            elif kind == "runs" and run.damaged((*RunFolder.DONE_RECORDS, "train_summary.json")):
+                report.damaged += [(f"{rel}/{name}", why) for name, why in
+                                   run.damaged((*RunFolder.DONE_RECORDS, "train_summary.json"))]
             elif kind == "teacher" and not run.exists(".done"):
                 report.unfinished.append(rel)
             else:
                 report.ok.append(rel)
     return report
+
+
+def _value(cfg: Any, path: str) -> Any:
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return to_dict(cfg)
+
+
+def finished_configs(root: str | os.PathLike) -> dict[str, ExperimentConfig]:
+    """Folder name -> config of every finished run of a store whose config reads (read once per report)."""
+    out = {}
+    for folder in sorted((Path(root) / "runs").glob("*")):
+        run = RunFolder(folder)
+        if folder.name.startswith(".") or not run.is_complete:
+            continue
+        try:
+            out[folder.name] = run.config()
+        except ResultsError:
+            continue
+    return out
+
+
+def default_drift(cfg: ExperimentConfig, runs: dict[str, ExperimentConfig], explicit: set[str]) -> list[tuple[str, list[tuple[str, Any, Any]]]]:
+    """Why a grid point finds no run: the finished ``runs`` (:func:`finished_configs`) that differ from
+    ``cfg`` only in fields its config file leaves unset (``explicit``: the keys it sets), i.e. in today's
+    defaults. Each comes with those fields as ``(path, the run's value, today's default)``; a run that
+    only a changed schema default separates from its cell is found here instead of silently dropping out."""
+    out = []
+    prefix = run_id(cfg).rsplit("-", 1)[0] + "-"
+    for name, have in runs.items():
+        if not name.startswith(prefix):
+            continue
+        diffs = [(path, _value(have, path), _value(cfg, path)) for path, _, _ in hashed_fields()
+                 if _value(have, path) != _value(cfg, path)]
+        if diffs and not any(path in explicit for path, _, _ in diffs):
+            out.append((name, diffs))
+    return out
+
+
+def _moved_default(cfg: ExperimentConfig, folder_name: str) -> list[str]:
+    """Fields added after the first schema whose default moved since the run was made: setting any one of
+    them back to today's default gives the folder's name (it was hashed away as a default then)."""
+    found = []
+    for path, legacy, f in hashed_fields():
+        if legacy in V1_RUN_FIELDS or f.default is dataclasses.MISSING:
+            continue
+        value = _value(cfg, path)
+        if value == to_dict(f.default):
+            continue
+        trial = from_dict(ExperimentConfig, to_dict(cfg))
+        parent = trial
+        for part in path.split(".")[:-1]:
+            parent = getattr(parent, part)
+        setattr(parent, path.rsplit(".", 1)[-1], f.default)
+        if run_id(trial) == folder_name:
+            found.append(f"'{path}' (the run's {value!r}, today's default {f.default!r})")
+    return found
 
 
 def migrate_store(root: str | os.PathLike = "results", *, apply: bool = False,

@@ -109,7 +109,8 @@ def build_table(
     """Plan the table's grid, run what is missing (unless ``report_only``), write md / tex / csv.
 
     ``force`` re-runs every grid point; it contradicts ``report_only``. Tables go to ``out_dir``
-    (default ``<store_root>/tables``), a seed table's figure to ``<store_root>/figures``.
+    (default ``<store_root>/tables``), a seed table's figure to ``out_dir`` too when it is given, else
+    to ``<store_root>/figures``.
     """
     if report_only and force:
         raise ConfigError("--force re-runs the grid; it cannot be combined with --report-only")
@@ -120,7 +121,9 @@ def build_table(
         launch.failed += on_main(lambda: diagnose_missing(plan.points)) or []
     out = Path(out_dir) if out_dir is not None else Path(store_root) / "tables"
     table = spec.collect(plan, reference=reference)
-    kwargs = {"figures_dir": figures_dir(store_root)} if getattr(spec, "figure", None) is not None else {}
+    # an explicit out_dir is where everything goes, figures included: the store is only read
+    figs = out if out_dir is not None else figures_dir(store_root)
+    kwargs = {"figures_dir": figs} if getattr(spec, "figure", None) is not None else {}
     paths = on_main(lambda: table.write(out, store_root=Path(store_root), **kwargs))
     return BuiltTable(table=table, paths=paths, plan=plan, launch=launch)
 
@@ -136,6 +139,22 @@ def table_arg_parser(spec: TableSpec, description: str | None = None) -> argpars
     return p
 
 
+def _lost_runs(plan: TablePlan) -> list[str]:
+    """A line per cell without a run that a changed schema default separated from its run."""
+    from uld.config import explicit_keys
+    from uld.store import default_drift, finished_configs
+
+    missing = plan.missing()
+    runs = finished_configs(plan.store_root) if missing else {}
+    lines = []
+    for p in missing:
+        for folder, diffs in default_drift(p.cfg, runs, explicit_keys(p.source)):
+            fields = ", ".join(f"'{k}' (the run's {a!r}, today's default {b!r})" for k, a, b in diffs)
+            lines.append(f"  LOST {p.run.id} ({p.source.name}): runs/{folder} differs only in defaults that changed since "
+                         f"it ran: {fields}; set them in {p.source.name} to use it")
+    return lines
+
+
 def table_script(spec: TableSpec | str, argv: Sequence[str] | None = None, description: str | None = None) -> int:
     """Body of every ``paper_tables/table_*.py`` (and ``uld table``): parse, build, report. Exit code."""
     spec = load_spec(spec) if isinstance(spec, str) else spec
@@ -148,6 +167,8 @@ def table_script(spec: TableSpec | str, argv: Sequence[str] | None = None, descr
     if not dist().is_main:
         return 0 if built.ok else 1
     print(built.plan.summary())
+    for line in _lost_runs(built.plan):
+        print(line)
     if built.launch is not None:
         print(f"launched {len(built.launch.launched)} runs; {len(built.launch.failed)} failed; "
               f"{len(built.launch.busy)} being computed by another process")

@@ -303,12 +303,17 @@ def run_teacher_stage(cfg: ExperimentConfig, *, force: bool = False, wait: bool 
         if on_main(lambda: final.exists(DONE_MARKER) and not force, d):  # finished while we waited
             return final.path
         work = RunFolder(final.path.parent / f".{final.id}.regen") if force else final
-        on_main(lambda: _prepare(work, cfg, fresh=force), d)
-        plan = _make_plan(cfg)
-        on_main(lambda: _check_plan(work.path, plan, write=True), d)
-        _run_chunks(cfg, plan, work.path, d)
-        d.barrier()
-        on_main(lambda: merge_chunks(work.path, cfg=cfg, plan=plan), d)
+        try:
+            on_main(lambda: _prepare(work, cfg, fresh=force), d)
+            plan = _make_plan(cfg)
+            on_main(lambda: _check_plan(work.path, plan, write=True), d)
+            _run_chunks(cfg, plan, work.path, d)
+            d.barrier()
+            on_main(lambda: merge_chunks(work.path, cfg=cfg, plan=plan), d)
+        except Exception:
+            if force:  # a forced stage starts afresh anyway: a failed one leaves nothing beside the old stage
+                on_main(lambda: remove(work.path), d)
+            raise
         if force:
             on_main(lambda: swap_dir(work.path, final.path), d)
     return final.path

@@ -10,11 +10,18 @@ command ran.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
 import os
+import re
+import resource
+import shlex
 import shutil
+import subprocess
+import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -482,14 +489,136 @@ def _append_full(c: Ctx) -> list[str]:
     return ["train", str(SMOKE), *c.overrides(), "--force"]
 
 
+def _name_cases() -> list[Case]:
+    """Run names that would hide the run folder from the store's readers or put it elsewhere."""
+
+    def run(*items: str):
+        return lambda c: ["run", str(SMOKE), *c.overrides(), *items]
+
+    def cfg(text: str):
+        return lambda c: ["config", c.yaml(text)]
+
+    return [
+        ("name-leading-dot", run("name=.hidden"), r"'name' in the command line: must not start with '\.'.*'\.hidden'"),
+        ("name-parent-dir", run("name=../x"), r"'name' in the command line: must not hold a path separator or '\.\.'.*'\.\./x'"),
+        ("name-slash", run("name=a/b"), r"'name' in the command line: .*path separator.*'a/b'"),
+        ("name-backslash", run("name=a\\b"), r"'name' in the command line: .*path separator"),
+        ("name-empty", run("name=''"), r"'name' in the command line: must be a non-empty name"),
+        ("name-in-yaml", cfg("name: .secret\n"), r"'name' in .*bad\.yaml: must not start with '\.'"),
+        ("name-newline", cfg('name: "a\\nb"\n'), r"'name' in .*bad\.yaml: must be one line"),
+        ("name-in-grid", lambda c: ["config", str(SMOKE), "grid={name: [ok, ../up]}"], r"'name' in grid point .*'\.\./up'"),
+    ]
+
+
+def _cli_cases() -> list[Case]:
+    """Command-line options and overrides: the error names the command line, not the YAML file."""
+
+    def over(*items: str):
+        return lambda c: ["config", str(SMOKE), *items]
+
+    def rescore(*extra: str):
+        return lambda c: ["evaluate", "--rescore", _bytes(c.tmp / "p.jsonl", b'{"prediction": "a", "references": ["a"]}\n'),
+                          "--task", "squad", *extra]
+
+    big = "grid={training.lam: [0,1,2,3,4,5,6,7,8,9], training.seed: [1,2,3,4,5,6,7,8,9,10], data.test_size: [1,2,3,4,5,6,7,8,9,10,11]}"
+    return [
+        ("cli-unknown-stage", lambda c: ["run", str(SMOKE), *c.overrides(), "--stages", "teacher,bogus"],
+         r"--stages 'teacher,bogus' in the command line: unknown value\(s\) 'bogus' \(choose from teacher, train, evaluate\)"),
+        ("cli-empty-stages", lambda c: ["run", str(SMOKE), *c.overrides(), "--stages", ","], r"--stages ',' in the command line: no value"),
+        ("cli-unknown-metric", rescore("--metrics", "f1,bleu"), r"--metrics 'f1,bleu' in the command line: unknown value\(s\) 'bleu'"),
+        ("cli-unknown-metric-checkpoint", lambda c: ["evaluate", "--checkpoint", str(c.run / "checkpoints" / "best"), "--task",
+                                                     "squad", "--metrics", "blue", "--out", str(c.tmp / "o")], r"--metrics 'blue'"),
+        ("cli-override-range", over("training.lam=-1"), r"'training\.lam' in the command line: must be >= 0"),
+        ("cli-override-finite", over("training.optim.lr=.nan"), r"'training\.optim\.lr' in the command line: .*finite"),
+        ("cli-override-method-check", over("training.distill.teacher_temperature=0.5"),
+         r"'training\.distill\.teacher_temperature' in the command line"),
+        ("cli-override-metric", over("evaluation.metrics=[bleu]"), r"'evaluation\.metrics' in the command line: unknown metric"),
+        ("cli-yaml-still-named", cfg_file_value(), r"'training\.lam' in .*lam\.yaml: must be >= 0"),
+        ("cli-grid-too-large", over(big), r"'grid' in the command line: 1100 points .* exceed the limit of 1000; pass --large-grid"),
+    ]
+
+
+def cfg_file_value():
+    """A bad value that comes from the file (while another key is overridden) is still the file's."""
+    return lambda c: ["config", c.yaml("base: %s\ntraining:\n  lam: -2\n" % SMOKE, "lam.yaml"), "training.seed=3"]
+
+
+def _duplicate_cases() -> list[Case]:
+    """Item ids given twice would be counted twice in every corpus metric."""
+
+    def rescore(data: bytes):
+        return lambda c: ["evaluate", "--rescore", _bytes(c.tmp / "p.jsonl", data), "--task", "squad"]
+
+    ours = b"".join(b'{"id": "%s", "prediction": "a", "references": ["a"]}\n' % i for i in (b"q1", b"q2", b"q3", b"q2"))
+    authors = b"".join(b'{"id": "%s", "prediction_text": "a", "answers": {"text": ["a"]}}\n' % i for i in (b"x", b"x"))
+
+    return [
+        ("dup-rescore-ours", rescore(ours), r"p\.jsonl:4: item id 'q2' repeats line 2"),
+        ("dup-rescore-authors", rescore(authors), r"p\.jsonl:2: item id 'x' repeats line 1"),
+        ("dup-test-split-id", lambda c: ["evaluate", "--checkpoint", str(c.run / "checkpoints" / "best"), "--task", "squad",
+                                         "--data-dir", _squad_edit(c, _repeat_question), "--out", str(c.tmp / "o")],
+         r"duplicate id"),
+    ]
+
+
+def _repeat_question(doc: dict) -> None:
+    qas = doc["data"][0]["paragraphs"][0]["qas"]
+    qas.append(dict(qas[0]))
+
+
+def _strip_tokenizer(c: Ctx, which: str) -> Path:
+    folder = c.tmp / f"{which}-no-tokenizer"
+    shutil.copytree(c.models[which], folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt",
+                 "special_tokens_map.json", "chat_template.jinja", "merges.txt"):
+        (folder / name).unlink(missing_ok=True)
+    return folder
+
+
+def _checkpoint_copy(c: Ctx, config_json: bytes) -> str:
+    folder = c.tmp / "ckpt-config"
+    shutil.copytree(c.run / "checkpoints" / "best", folder)
+    (folder / "config.json").write_bytes(config_json)
+    return str(folder)
+
+
+def _model_file_cases() -> list[Case]:
+    def evaluate(setup):
+        return lambda c: ["evaluate", "--checkpoint", setup(c), "--task", "squad", "--data-dir", str(DATA), "--test-size", "2",
+                          "--out", str(c.tmp / "eval-out")]
+
+    return [
+        ("modelfile-student-without-tokenizer",
+         lambda c: ["train", str(SMOKE), *c.overrides(), f"student.path={_strip_tokenizer(c, 'student')}", "--force"],
+         r"student-no-tokenizer: no tokenizer files \(tokenizer\.json"),
+        ("modelfile-teacher-without-tokenizer",  # a forced stage is built in teacher/.<id>.regen: none may be left
+         lambda c: ["generate", str(SMOKE), *c.overrides(), f"teacher.path={_strip_tokenizer(c, 'teacher')}", "--force"],
+         r"teacher-no-tokenizer: no tokenizer files"),
+        ("modelfile-config-json-corrupt", evaluate(lambda c: _checkpoint_copy(c, b'{"model_type": "gpt_neox",')),
+         r"ckpt-config/config\.json: not a model config \(invalid JSON"),
+        ("modelfile-config-json-list", evaluate(lambda c: _checkpoint_copy(c, b"[1, 2]")),
+         r"ckpt-config/config\.json: not a model config \(a JSON list"),
+        ("modelfile-config-json-not-utf8", evaluate(lambda c: _checkpoint_copy(c, b"\xff\xfe{}")), r"config\.json: not a model config"),
+        ("modelfile-checkpoint-file-size-limit", _size_limited_retrain,
+         r"cannot write .*checkpoints/(best|last|state).*: the file-size limit is exceeded \(ulimit -f\)"),
+    ]
+
+
+def _size_limited_retrain(c: Ctx) -> list[str]:
+    """`ulimit -f` below the size of the student's weights: the first checkpoint save fails."""
+    weights = (c.run / "checkpoints" / "best" / "model.safetensors").stat().st_size
+    c.fsize = weights // 2
+    return ["train", str(SMOKE), *c.overrides(), "--force"]
+
+
 CASES = _config_cases() + _data_cases() + _model_cases() + _teacher_cases() + _state_cases() + _evaluation_cases() \
-    + _results_cases() + _disk_cases()
+    + _results_cases() + _disk_cases() + _name_cases() + _cli_cases() + _duplicate_cases() + _model_file_cases()
 
 
 def test_the_battery_is_large_and_covers_every_area():
     assert len(CASES) >= 60
     areas = {case_id.split("-")[0] for case_id, _, _ in CASES}
-    assert areas == {"config", "data", "model", "teacher", "state", "eval", "results", "disk"}
+    assert areas == {"config", "data", "model", "teacher", "state", "eval", "results", "disk", "name", "cli", "dup", "modelfile"}
     assert len({case_id for case_id, _, _ in CASES}) == len(CASES)
 
 
@@ -506,7 +635,8 @@ def test_bad_input_is_a_one_line_error_naming_the_culprit(case_id, setup, patter
     _reset()
     capsys.readouterr()
     try:
-        rc = main(argv)
+        with _file_size_limit(getattr(c, "fsize", None)):
+            rc = main(argv)
     finally:
         _reset()
         if getattr(c, "hold", None) is not None:
@@ -515,8 +645,6 @@ def test_bad_input_is_a_one_line_error_naming_the_culprit(case_id, setup, patter
     assert rc == 2, f"{case_id}: exit status {rc}, stderr: {err[-5:]}"
     last = err[-1] if err else ""
     assert last.startswith("uld: error: "), f"{case_id}: not a one-line user error: {err[-5:]}"
-    import re
-
     assert re.search(pattern, last), f"{case_id}: message does not name the culprit:\n  {last}\n  pattern: {pattern}"
     after = _snapshot(store)
     changed = {p for p in set(before) | set(after) if before.get(p) != after.get(p)}
@@ -524,6 +652,21 @@ def test_bad_input_is_a_one_line_error_naming_the_culprit(case_id, setup, patter
     assert not changed, f"{case_id}: records changed: {sorted(changed)[:10]}"
     if getattr(c, "marker", None) is not None:
         assert not c.marker.exists(), "the planted pickle was executed"
+
+
+@contextlib.contextmanager
+def _file_size_limit(limit):
+    """A real RLIMIT_FSIZE (`ulimit -f`) for the command: writes past it fail with EFBIG (Python ignores
+    SIGXFSZ), exactly what a shell limit or a small quota does to a checkpoint save."""
+    if limit is None:
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 def _refuse_writes(monkeypatch, err: int, match: str) -> None:
@@ -543,3 +686,228 @@ def _refuse_writes(monkeypatch, err: int, match: str) -> None:
 
     monkeypatch.setattr(io.os, "replace", replace)
     monkeypatch.setattr(io.os, "open", open_)
+
+
+# --------------------------------------------------------------------------------------------------
+# Damage that has a correct result rather than an error: the command succeeds, repairs what it must,
+# and changes nothing else
+# --------------------------------------------------------------------------------------------------
+
+
+def _full_snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """Every file (lock files too) with its content hash and mtime: "writes nothing" means nothing."""
+    return {p.relative_to(root).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _run_main(argv: list[str], capsys) -> tuple[int, str]:
+    _reset()
+    capsys.readouterr()
+    try:
+        rc = main(argv)
+    finally:
+        _reset()
+    out = capsys.readouterr()
+    return rc, out.out + out.err
+
+
+def _damage(kind: str):
+    def empty(p: Path) -> None:
+        p.write_bytes(b"")
+
+    def truncate(p: Path) -> None:
+        p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
+
+    def garbage(p: Path) -> None:
+        p.write_bytes(b"\x00\x01not json")
+
+    def no_metrics(p: Path) -> None:
+        p.write_text(json.dumps({"task": "squad"}))
+
+    def duplicated(p: Path) -> None:  # a row written twice: its item would count twice
+        lines = p.read_text().splitlines()
+        p.write_text("\n".join([*lines, lines[0]]) + "\n")
+
+    return {"empty": empty, "truncated": truncate, "garbage": garbage, "no-metrics": no_metrics, "duplicated": duplicated}[kind]
+
+
+DAMAGED = [("scores.json", "empty"), ("scores.json", "truncated"), ("scores.json", "garbage"), ("scores.json", "no-metrics"),
+           ("eval/scores.json", "empty"), ("eval/predictions.jsonl", "truncated"), ("eval/predictions.jsonl", "duplicated")]
+
+
+@pytest.mark.parametrize("record,kind", DAMAGED, ids=[f"{r}-{k}" for r, k in DAMAGED])
+def test_a_damaged_final_record_is_named_by_store_check_and_redone_by_run(record, kind, base, tiny_models, tmp_path, capsys):
+    store = tmp_path / "store"
+    shutil.copytree(base, store)
+    c = Ctx(store=store, models=tiny_models, tmp=tmp_path)
+    good = json.loads((c.run / "scores.json").read_text())
+    _damage(kind)(c.run / record)
+    before = _full_snapshot(store)
+    rc, out = _run_main(["store", "check", "--store", str(store)], capsys)
+    assert rc == 1, out
+    assert re.search(rf"DAMAGED runs/{c.run.name}/{re.escape(record)}: .*{re.escape(record)}: ", out), out
+    assert _full_snapshot(store) == before, "store check wrote to the store"
+
+    before = _snapshot(store)
+    rc, out = _run_main(["run", str(SMOKE), *c.overrides()], capsys)
+    assert rc == 0, out
+    again = json.loads((c.run / "scores.json").read_text())
+    assert again["metrics"] == good["metrics"] and again["n"] == good["n"]
+    after = _snapshot(store)
+    redone = {p for p in set(before) | set(after) if before.get(p) != after.get(p)}
+    run = f"runs/{c.run.name}/"
+    allowed = {run + "scores.json", run + "eval/scores.json", run + "eval/predictions.jsonl", run + "checkpoints/best/README.md"}
+    assert redone <= allowed, f"the redo changed other records: {sorted(redone - allowed)}"
+    assert not list(c.run.glob(".staging-*"))
+
+
+@pytest.mark.parametrize("name", ["train", "eval"])
+def test_a_leftover_staging_folder_is_removed_by_the_next_run_of_its_point(name, base, tiny_models, tmp_path, capsys):
+    store = tmp_path / "store"
+    shutil.copytree(base, store)
+    c = Ctx(store=store, models=tiny_models, tmp=tmp_path)
+    leftover = c.run / f".staging-{name}"
+    shutil.copytree(c.run / "checkpoints" / "best", leftover / "checkpoints" / "best")  # what a killed --force leaves
+    rc, out = _run_main(["store", "check", "--store", str(store)], capsys)
+    assert f"leftover runs/{c.run.name}/.staging-{name}" in out
+    before = {k: v for k, v in _snapshot(store).items() if ".staging-" not in k}
+    rc, out = _run_main(["run", str(SMOKE), *c.overrides()], capsys)
+    assert rc == 0, out
+    assert not leftover.exists(), "the next run of the point left the staging folder"
+    assert _snapshot(store) == before
+
+
+def test_store_check_writes_nothing_even_to_lock_files(base, tmp_path, capsys):
+    from uld.store import RunFolder
+
+    store = tmp_path / "store"
+    shutil.copytree(base, store)
+    run = next((store / "runs").glob("smoke-*"))
+    with RunFolder(run).lock():
+        pass  # leaves an (empty) lock file, as every finished writer does
+    before = _full_snapshot(store)
+    rc, out = _run_main(["store", "check", "--store", str(store)], capsys)
+    assert rc == 0 and "folders match their ids" in out, out
+    assert _full_snapshot(store) == before
+
+
+def test_report_only_with_out_writes_only_under_out(tmp_path, capsys):
+    store = tmp_path / "store"
+    shutil.copytree(REPO / "results" / "micro_h100", store)
+    before = _full_snapshot(store)
+    out = tmp_path / "elsewhere"
+    rc, text = _run_main(["table", "micro", "--report-only", "--store", str(store), "--out", str(out)], capsys)
+    assert rc == 0, text
+    assert _full_snapshot(store) == before, "a --report-only --out DIR render wrote into the store"
+    assert {p.name for p in out.iterdir()} >= {"table_micro.md", "table_micro.png", "table_micro.pdf"}
+
+
+def _move_default(monkeypatch, cls, name: str, value) -> None:
+    """Change a schema default as an edit of config.py would: the dataclass field and its __init__."""
+    field_ = {f.name: f for f in dataclasses.fields(cls)}[name]
+    monkeypatch.setattr(field_, "default", value)
+    real = cls.__init__
+
+    def init(self, *args, **kwargs):
+        kwargs.setdefault(name, value)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "__init__", init)
+
+
+def test_a_table_says_which_changed_default_lost_its_runs(tmp_path, capsys, monkeypatch):
+    from uld.config import DataConfig
+
+    store = tmp_path / "store"
+    shutil.copytree(REPO / "results" / "micro_h100", store)
+    out = tmp_path / "tables"
+    rc, text = _run_main(["table", "micro", "--report-only", "--store", str(store), "--out", str(out)], capsys)
+    assert rc == 0 and " 0 missing" in text, text
+    before = _full_snapshot(store)
+    _move_default(monkeypatch, DataConfig, "split_seed", 7)  # a first-schema field: hashed at its value, always
+    rc, text = _run_main(["table", "micro", "--report-only", "--store", str(store), "--out", str(out)], capsys)
+    lost = [line for line in text.splitlines() if line.strip().startswith("LOST ")]
+    assert rc == 0 and lost, text
+    assert all("'data.split_seed' (the run's 42, today's default 7)" in line for line in lost), lost
+    assert _full_snapshot(store) == before
+
+
+def test_store_check_names_a_later_field_whose_default_moved(base, tmp_path, capsys, monkeypatch):
+    from uld.config import DistillConfig
+
+    store = tmp_path / "store"
+    shutil.copytree(base, store)  # written by today's schema: every field is in its config.yaml
+    _move_default(monkeypatch, DistillConfig, "skip_teacher_eos", True)  # added after the first schema
+    before = _full_snapshot(store)
+    rc, text = _run_main(["store", "check", "--store", str(store)], capsys)
+    orphans = [line for line in text.splitlines() if "ORPHAN runs/" in line]
+    assert rc == 1 and orphans, text
+    assert all("'training.distill.skip_teacher_eos' (the run's False, today's default True)" in line for line in orphans), orphans
+    assert _full_snapshot(store) == before
+
+
+# --------------------------------------------------------------------------------------------------
+# Real read-only and full file systems: a small tmpfs in a user namespace (skipped where the kernel
+# does not allow one)
+# --------------------------------------------------------------------------------------------------
+
+
+def _namespaces_work() -> bool:
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+needs_namespaces = pytest.mark.skipif(not _namespaces_work(), reason="no unprivileged mount namespaces here")
+
+
+def _in_tmpfs(tmp: Path, store: Path, then: str, command: list[str]) -> subprocess.CompletedProcess:
+    """Copy ``store`` into a fresh tmpfs just larger than it, run the shell step ``then`` (make it
+    read-only, fill it), then ``command`` against the copy; returns the finished process (its stdout
+    lists the copy's files)."""
+    mnt = tmp / "mnt"
+    mnt.mkdir()
+    files = [p for p in store.rglob("*") if p.is_file()]
+    size = sum(p.stat().st_size + 4096 for p in files) + (8 << 20)
+    py = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "uld", *command])
+    script = (f"mount -t tmpfs -o size={size} tmpfs {mnt} && cp -a {store} {mnt}/store && {then} && cd {mnt} && {py}; "
+              f"rc=$?; echo '#FILES'; find {mnt}/store -type f | sort; exit $rc")
+    import uld
+
+    env = {**os.environ, "PYTHONPATH": str(Path(uld.__file__).resolve().parents[1])}  # the code under test
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=env, timeout=300)
+
+
+@needs_namespaces
+@pytest.mark.parametrize("how", ["read-only", "full"])
+def test_store_check_works_on_a_read_only_or_full_store(how, base, tmp_path):
+    mnt = tmp_path / "mnt"
+    then = f"mount -o remount,ro {mnt}" if how == "read-only" else f"(dd if=/dev/zero of={mnt}/fill bs=64k 2>/dev/null; true)"
+    proc = _in_tmpfs(tmp_path, base, then, ["store", "check", "--store", f"{mnt}/store"])
+    assert proc.returncode == 0, proc.stdout[:2000] + proc.stderr[-2000:]
+    assert re.search(r"store .*: \d+ folders match their ids, 0 unfinished, 0 orphaned", proc.stdout), proc.stdout
+
+
+@needs_namespaces
+def test_an_evaluation_on_a_full_disk_is_one_line_and_leaves_nothing(base, tiny_models, tmp_path):
+    """Evaluation's outputs do not fit: one line naming the file and the full disk; no staging folder
+    left, the run's other records as they were."""
+    mnt = tmp_path / "mnt"
+    store = tmp_path / "store"
+    shutil.copytree(base, store)
+    c = Ctx(store=store, models=tiny_models, tmp=tmp_path)
+    run = c.run.name
+    (c.run / "scores.json").unlink()
+    (c.run / "eval" / "predictions.jsonl").unlink()
+    then = f"(dd if=/dev/zero of={mnt}/fill bs=4k 2>/dev/null; true)"
+    overrides = [o if not o.startswith("output_dir=") else f"output_dir={mnt}/store" for o in c.overrides()]
+    proc = _in_tmpfs(tmp_path, store, then, ["run", str(SMOKE), *overrides, "--stages", "evaluate"])
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert re.match(r"uld: error: StoreWriteError: cannot write .*: the disk is full", err[-1]), err[-3:]
+    files = proc.stdout.split("#FILES")[-1].split()
+    inside = sorted(f.split("/store/", 1)[1] for f in files if "/store/" in f)
+    assert not [f for f in inside if ".staging-" in f or f.endswith(".tmp")], inside
+    assert sorted(_snapshot(store)) == [f for f in inside if not f.endswith(".lock")], "records appeared or vanished"
+    assert f"runs/{run}/checkpoints/best/model.safetensors" in inside

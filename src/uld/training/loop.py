@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader
 from uld.answers import check_signal_matches, read_answers
 from uld.config import ExperimentConfig, to_dict
 from uld.distributed import accelerator, dist, on_main
-from uld.errors import TrainingDiverged, TrainingError
+from uld.errors import StoreWriteError, TrainingDiverged, TrainingError
 from uld.ids import resume_key
 from uld.io import append_jsonl, atomic_write_json, read_jsonl, recover_dir, remove, write_jsonl
 from uld.methods import get_method
@@ -94,7 +94,12 @@ def train(cfg: ExperimentConfig, run: RunFolder, teacher_dir: Optional[Path], *,
     layout = on_main(lambda: _choose_layout(run, cfg, resume=resume, force=force), d)
     if layout.done is not None:
         return layout.done
-    summary = _Session(cfg, layout.out, teacher_dir, run_id=run.id).run(resume=layout.resume, force_resume=force_resume)
+    try:
+        summary = _Session(cfg, layout.out, teacher_dir, run_id=run.id).run(resume=layout.resume, force_resume=force_resume)
+    except StoreWriteError:
+        if layout.staged:  # a full disk or a file-size limit: give the space back, keep the old records
+            on_main(lambda: remove(layout.out), d)
+        raise
     if layout.staged:
         on_main(lambda: run.commit(layout.out, TRAINING_RECORDS, drop=EVALUATION_RECORDS), d)
     return summary

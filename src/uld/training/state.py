@@ -22,15 +22,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import os
 import random
+import re
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from uld.errors import ResumeError, StateError, TrainingError
-from uld.io import atomic_write_json, copy_dir, load_tensors, read_json, remove, save_tensors, sha256_file, swap_dir
+from uld.errors import ResumeError, StateError, StoreWriteError, TrainingError
+from uld.io import atomic_write_json, copy_dir, load_tensors, read_json, remove, save_tensors, sha256_file, swap_dir, write_error
 from uld.training.parallel import full_model_state, is_sharded
 
 __all__ = ["TrainState", "Checkpointer", "STATE_FORMAT", "STATE_FILE", "save_hf", "read_trainer_json"]
@@ -304,13 +306,30 @@ def save_hf(accelerator: Any, model: torch.nn.Module, tokenizer: Any, dest: Path
     tmp = dest.with_name(f".{dest.name}.tmp")
     if accelerator.is_main_process:
         remove(tmp)
-        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / "checkpoint.json", extra)
-        if card is not None:
-            (tmp / "README.md").write_text(card)
+        try:
+            accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            atomic_write_json(tmp / "checkpoint.json", extra)
+            if card is not None:
+                (tmp / "README.md").write_text(card)
+        except Exception as exc:
+            remove(tmp)  # a full disk gets its space back
+            raise _save_error(dest, exc) from None
         swap_dir(tmp, dest)
     accelerator.wait_for_everyone()
+
+
+def _save_error(dest: Path, exc: Exception) -> Exception:
+    """A failed checkpoint write as one line naming the checkpoint; safetensors reports the OS error
+    in its message only ("File too large (os error 27)"), so the errno is read from there too."""
+    if isinstance(exc, StoreWriteError):
+        return exc
+    code = exc.errno if isinstance(exc, OSError) else None
+    found = re.search(r"os error (\d+)", str(exc))
+    code = code or (int(found.group(1)) if found else None)
+    if code is None:
+        return exc
+    return write_error(dest, OSError(code, os.strerror(code)))
 
 
 def copy_hf(src: Path, dest: Path) -> None:
