@@ -98,6 +98,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--rescore", help="predictions.jsonl to score (ours or the authors' format)")
     p.add_argument("--protocol", default="authors", choices=["authors", "complete"], help="reference protocol")
     p.add_argument("--force", action="store_true", help="re-evaluate (a run) or replace the scores in --out")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"],
+                   help="--checkpoint: weights' precision while generating (default: as the model loads)")
+    p.add_argument("--batch-size", type=int, default=16, help="--checkpoint: prompts per generation batch")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -263,6 +266,8 @@ def cmd_evaluate(args) -> int:
             raise SystemExit("uld evaluate --checkpoint needs --task")
         from uld.config import EvaluationConfig
 
+        if args.batch_size <= 0:
+            raise EvaluationError(f"--batch-size must be a positive number of prompts, got {args.batch_size}")
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
         scores = evaluation.evaluate_checkpoint(
             args.checkpoint,
@@ -271,7 +276,8 @@ def cmd_evaluate(args) -> int:
             test_size=args.test_size,
             out_dir=args.out or str(Path("results") / "evals" / Path(args.checkpoint).name),
             tokenizer=args.tokenizer,
-            eval_cfg=EvaluationConfig(metrics=metrics, references=args.protocol),
+            eval_cfg=EvaluationConfig(metrics=metrics, references=args.protocol, dtype=args.dtype,
+                                      batch_size=args.batch_size),
             force=args.force,
         )
         say(json.dumps(scores, indent=2))
