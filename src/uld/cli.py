@@ -114,6 +114,8 @@ def _add_table(sub) -> None:
     p.add_argument("--store", default="results", help="results store root")
     p.add_argument("--force", action="store_true", help="redo runs that exist")
     p.add_argument("--out", help="folder for the table files (default: STORE/tables)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="missing runs side by side in this many processes, the cores split between them")
     p.set_defaults(func=cmd_table)
 
 
@@ -304,6 +306,7 @@ def cmd_table(args) -> int:
     argv = ["--preset", args.preset, "--store", args.store]
     argv += ["--report-only"] * args.report_only + ["--force"] * args.force
     argv += ["--out", args.out] if args.out else []
+    argv += ["--workers", str(args.workers)]
     return table_script(args.name, argv)
 
 
