@@ -79,6 +79,8 @@ def launch_missing(plan: TablePlan, *, force: bool = False, runner: Optional[Cal
     """
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
+    if workers > 1 and dist().world > 1:
+        raise ConfigError("--workers starts its own processes: do not combine it with `accelerate launch`")
     runner = runner or _run
     report = LaunchReport()
     todo = plan.points if force else plan.missing()
