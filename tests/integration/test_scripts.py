@@ -61,6 +61,7 @@ def test_bench_throughput_quick_on_tiny_models(tmp_path, tiny_models):
     assert ev["fp32_identical"] is True  # batch size and sorting never change an fp32 greedy answer
     assert ev["speedup"] == pytest.approx(ev["fast_items_per_s"] / ev["baseline_items_per_s"], rel=0.01)
     assert tr["baseline_tokens_per_s"] > 0 and tr["fast_tokens_per_s"] > 0 and tr["max_loss_rel_diff"] < 1e-3
+    assert tr["side_by_side"]["one_run_two_threads_tokens_per_s"] > 0 and tr["side_by_side"]["speedup"] > 0
     assert sr["estimated"] is True and sr["speedup"] == pytest.approx(sr["baseline_s"] / sr["fast_s"], rel=0.01)
     for name in ("model_load", "evaluation_fp32", "evaluation_bf16", "training_step_baseline", "training_step_fast",
                  "validation", "checkpoint_save", "teacher_generation", "signal_pass"):
