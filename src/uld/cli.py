@@ -114,6 +114,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--rescore", help="predictions.jsonl to score (ours or the authors' format)")
     p.add_argument("--protocol", default="authors", choices=["authors", "complete"], help="reference protocol")
     p.add_argument("--force", action="store_true", help="re-evaluate (a run) or replace the scores in --out")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"],
+                   help="--checkpoint: weights' precision while generating (default: as the model loads)")
+    p.add_argument("--batch-size", type=int, default=16, help="--checkpoint: prompts per generation batch")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -127,6 +130,8 @@ def _add_table(sub) -> None:
     p.add_argument("--store", default="results", help="results store root")
     p.add_argument("--force", action="store_true", help="redo runs that exist")
     p.add_argument("--out", help="folder for the table files (default: STORE/tables)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="missing runs side by side in this many processes, the cores split between them")
     p.set_defaults(func=cmd_table)
 
 
@@ -312,6 +317,8 @@ def cmd_evaluate(args) -> int:
             raise SystemExit("uld evaluate --checkpoint needs --task")
         from uld.config import EvaluationConfig
 
+        if args.batch_size <= 0:
+            raise EvaluationError(f"--batch-size must be a positive number of prompts, got {args.batch_size}")
         scores = evaluation.evaluate_checkpoint(
             args.checkpoint,
             args.task,
@@ -319,7 +326,8 @@ def cmd_evaluate(args) -> int:
             test_size=args.test_size,
             out_dir=args.out or str(Path("results") / "evals" / Path(args.checkpoint).name),
             tokenizer=args.tokenizer,
-            eval_cfg=EvaluationConfig(metrics=metrics, references=args.protocol),
+            eval_cfg=EvaluationConfig(metrics=metrics, references=args.protocol, dtype=args.dtype,
+                                      batch_size=args.batch_size),
             force=args.force,
         )
         say(json.dumps(scores, indent=2))
@@ -346,6 +354,7 @@ def cmd_table(args) -> int:
     argv = ["--preset", args.preset, "--store", args.store]
     argv += ["--report-only"] * args.report_only + ["--force"] * args.force
     argv += ["--out", args.out] if args.out else []
+    argv += ["--workers", str(args.workers)]
     return table_script(args.name, argv)
 
 

@@ -226,6 +226,7 @@ def evaluate_model(
     ``model_source``: a loaded model (then ``tokenizer`` is required), a local folder / Hub id, or a
     ``uld.models.ResolvedModel``. ``prompts`` default to the task's zero-shot student prompts;
     ``prompt_ids`` (optional) are their token ids when the caller tokenizes them itself (teacher prompts).
+    ``dtype`` (default ``cfg.dtype``) is the precision a model loaded here gets; a loaded model is used as is.
     The record's ``metrics`` are x 100; ``model`` describes what was evaluated.
     """
     task = get_task(task)
@@ -233,6 +234,7 @@ def evaluate_model(
     if not examples:
         raise EvaluationError(f"no examples to evaluate for task {task.name!r}")
     protocol = protocol or cfg.references
+    dtype = dtype or cfg.dtype
     model, tokenizer, enc_dec, info = _load(model_source, tokenizer, encoder_decoder, device=device, dtype=dtype)
     info = {**info, **(model_info or {})}
     if prompts is None:
@@ -271,7 +273,7 @@ def evaluate_model(
         "metrics": metrics,
         "n_empty_predictions": sum(1 for p in predictions if not p),
         "generation": {"max_new_tokens": cfg.max_new_tokens, "first_line": cfg.first_line, "greedy": True,
-                       "shots": cfg.shots},
+                       "shots": cfg.shots, **({"dtype": dtype} if dtype else {})},
         "metric_settings": notes,
     }
     return rows, record

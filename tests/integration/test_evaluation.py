@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from uld.config import EvaluationConfig, ExperimentConfig, from_dict
 from uld.evaluation import EvaluationError, evaluate_checkpoint, evaluate_run, generate_predictions
@@ -63,6 +64,26 @@ def test_evaluate_checkpoint_writes_reproducible_records(tiny_models, shared_dat
                                  out_dir=tmp_path / "b", eval_cfg=cfg, device="cpu")
     assert _rows(tmp_path / "b") == rows
     assert second["metrics"] == first["metrics"]
+
+
+def test_evaluation_precision_field(tiny_models, shared_data_dir, tmp_path, monkeypatch):
+    """dtype=float32 is today's path exactly (same records); bfloat16 loads the weights in bf16 and says so."""
+    from uld import evaluation
+
+    base = evaluate_checkpoint(tiny_models["student"], "squad", data_dir=shared_data_dir, test_size=5,
+                               out_dir=tmp_path / "a", eval_cfg=EvaluationConfig(**FAST), device="cpu")
+    fp32 = evaluate_checkpoint(tiny_models["student"], "squad", data_dir=shared_data_dir, test_size=5,
+                               out_dir=tmp_path / "b", eval_cfg=EvaluationConfig(**FAST, dtype="float32"), device="cpu")
+    assert _rows(tmp_path / "b") == _rows(tmp_path / "a") and fp32["metrics"] == base["metrics"]
+    assert "dtype" not in base["generation"] and fp32["generation"]["dtype"] == "float32"
+    seen = []
+    real_generate = evaluation.greedy_generate
+    monkeypatch.setattr(evaluation, "greedy_generate",
+                        lambda model, *a, **k: seen.append(next(model.parameters()).dtype) or real_generate(model, *a, **k))
+    bf16 = evaluate_checkpoint(tiny_models["student"], "squad", data_dir=shared_data_dir, test_size=5,
+                               out_dir=tmp_path / "c", eval_cfg=EvaluationConfig(**FAST, dtype="bfloat16"), device="cpu")
+    assert seen == [torch.bfloat16] and bf16["generation"]["dtype"] == "bfloat16"
+    assert len(_rows(tmp_path / "c")) == 5
 
 
 def test_encoder_decoder_checkpoint(tiny_models, shared_data_dir, tmp_path):

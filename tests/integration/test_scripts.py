@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE_DATA = REPO / "tests" / "fixtures" / "data"
 
@@ -47,6 +49,27 @@ def test_bench_teacher_on_a_tiny_teacher(tmp_path, tiny_models):
     assert "tokens/s" in (tmp_path / "teacher.md").read_text()
 
 
+def test_bench_throughput_quick_on_tiny_models(tmp_path, tiny_models):
+    _run(["scripts/bench_throughput.py", "--quick", "--student", str(tiny_models["student"]), "--teacher",
+          str(tiny_models["teacher"]), "--data-dir", str(FIXTURE_DATA), "--out", str(tmp_path)], tmp_path)
+    res = json.loads((tmp_path / "throughput.json").read_text())
+    assert set(res["roofline"]) == {f"{p}_matmul_gflops_{t}t" for p in ("fp32", "bf16") for t in (1, 2)}
+    assert all(v > 0 for v in res["roofline"].values())
+    ev, tr, sr = res["evaluation"], res["training"], res["student_run"]
+    for key in ("baseline_items_per_s", "fast_items_per_s", "speedup", "bf16_agreement", "bf16_f1_delta"):
+        assert isinstance(ev[key], float), key
+    assert ev["fp32_identical"] is True  # batch size and sorting never change an fp32 greedy answer
+    assert ev["speedup"] == pytest.approx(ev["fast_items_per_s"] / ev["baseline_items_per_s"], rel=0.01)
+    assert tr["baseline_tokens_per_s"] > 0 and tr["fast_tokens_per_s"] > 0 and tr["max_loss_rel_diff"] < 1e-3
+    assert tr["side_by_side"]["one_run_two_threads_tokens_per_s"] > 0 and tr["side_by_side"]["speedup"] > 0
+    assert sr["estimated"] is True and sr["speedup"] == pytest.approx(sr["baseline_s"] / sr["fast_s"], rel=0.01)
+    for name in ("model_load", "evaluation_fp32", "evaluation_bf16", "training_step_baseline", "training_step_fast",
+                 "validation", "checkpoint_save", "teacher_generation", "signal_pass"):
+        assert res["stages"][name]["wall_s"] >= 0, name
+    assert "roofline_fraction" in res["stages"]["training_step_fast"]
+    assert "useful tokens/s" in (tmp_path / "throughput.md").read_text()
+
+
 def test_other_scripts_have_help(tmp_path):
-    for script in ("scripts/bench_training.py", "scripts/build_notebooks.py"):
+    for script in ("scripts/bench_training.py", "scripts/bench_throughput.py", "scripts/build_notebooks.py"):
         assert "usage" in _run([script, "--help"], tmp_path).stdout

@@ -78,3 +78,55 @@ def test_script_and_build_table_agree(tmp_path):
 def test_report_only_with_force_is_refused(tmp_path):
     with pytest.raises(SystemExit):
         _script("main").main(["--report-only", "--force", "--store", str(FIXTURE), "--out", str(tmp_path)])
+
+
+def _recording_runner(cfg, force=False):
+    """Runs a point as the table does and notes which process ran it with how many threads."""
+    import os
+
+    import torch
+
+    from uld import tables
+
+    folders = tables._run(cfg, force=force)
+    note = Path(cfg.output_dir) / "workers" / f"{cfg.training.seed}.json"
+    note.parent.mkdir(exist_ok=True)
+    note.write_text(json.dumps({"pid": os.getpid(), "threads": torch.get_num_threads()}))
+    return folders
+
+
+def test_missing_runs_in_two_worker_processes(tiny_models, shared_data_dir, tmp_path):
+    """`--workers 2`: the points run in two processes of half the cores each, and give the records one
+    process gives."""
+    import os
+
+    from uld.config import ExperimentConfig, from_dict
+    from uld.reporting.spec import GridPoint, TablePlan
+    from uld.store import RunFolder
+    from uld.tables import launch_missing
+
+    def plan(root: Path) -> TablePlan:
+        points = []
+        for seed in (1, 2, 3):
+            cfg = from_dict(ExperimentConfig, {
+                "name": "workers", "student": {"name": "tiny-student", "path": str(tiny_models["student"])},
+                "data": {"task": "qed", "dir": str(shared_data_dir), "test_size": 3, "train_size": 40},
+                "training": {"method": "none", "seed": seed},
+                "evaluation": {"metrics": ["f1", "em"], "max_new_tokens": 4, "batch_size": 3},
+                "output_dir": str(root), "device": "cpu",
+            })  # fmt: skip
+            points.append(GridPoint(cfg, Path("workers.yaml"), RunFolder.for_config(cfg), {}))
+        return TablePlan(spec=None, preset="small", store_root=root, points=points)
+
+    parallel, serial = plan(tmp_path / "a"), plan(tmp_path / "b")
+    report = launch_missing(parallel, workers=2, runner=_recording_runner)
+    assert not report.failed and sorted(report.launched) == sorted(p.run.id for p in parallel.points)
+    notes = [json.loads(f.read_text()) for f in (tmp_path / "a" / "workers").glob("*.json")]
+    assert len(notes) == 3 and os.getpid() not in {n["pid"] for n in notes}
+    assert {n["threads"] for n in notes} == {max(1, (os.cpu_count() or 1) // 2)}
+    assert launch_missing(serial).launched == [p.run.id for p in serial.points]
+    for a, b in zip(parallel.points, serial.points):
+        assert a.run.id == b.run.id
+        assert a.run.file("eval", "predictions.jsonl").read_text() == b.run.file("eval", "predictions.jsonl").read_text()
+    with pytest.raises(Exception, match="workers must be at least 1"):
+        launch_missing(parallel, workers=0)

@@ -103,6 +103,17 @@ def test_ids_ignore_paths_and_batching_but_not_science():
     assert ids.teacher_stage_id(apply_overrides(a, ["generation.top_k_signal=8"])) != ids.teacher_stage_id(a)
 
 
+def test_throughput_fields_count_only_when_chosen():
+    """Evaluation precision and length-bucketed batches change answers and updates: ids move when they are
+    chosen, and stay put at their defaults (every committed run)."""
+    a = ExperimentConfig(name="t")
+    assert ids.run_id(apply_overrides(a, ["evaluation.dtype=bfloat16"])) != ids.run_id(a)
+    assert ids.run_id(apply_overrides(a, ["training.batching=length"])) != ids.run_id(a)
+    assert ids.run_id(apply_overrides(a, ["training.batching=random"])) == ids.run_id(a)
+    assert ids.teacher_stage_id(apply_overrides(a, ["evaluation.dtype=bfloat16", "training.batching=length"])) == \
+        ids.teacher_stage_id(a)
+
+
 def test_migration_moves_renamed_keys_and_refuses_retired_values(monkeypatch):
     from uld import config
 

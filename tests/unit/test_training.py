@@ -203,6 +203,58 @@ def test_epoch_sampler_depends_on_seed_and_epoch_only():
     assert list(a) != list(b)
 
 
+def test_length_buckets_keep_every_row_each_epoch_and_pad_less():
+    from types import SimpleNamespace
+
+    from uld.training import EncodedItem, EpochSampler, LengthBucketSampler
+    from uld.training.rows import padding_stats
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(20, 400, (180,), generator=g).tolist()
+    items = [EncodedItem(str(i), SimpleNamespace(input_ids=[0] * n)) for i, n in enumerate(lengths)]
+    a, b, plain = LengthBucketSampler(lengths, 8, seed=1), LengthBucketSampler(lengths, 8, seed=1), EpochSampler(180, seed=1)
+    orders = []
+    for epoch in (0, 1):
+        a.set_epoch(epoch), b.set_epoch(epoch), plain.set_epoch(epoch)
+        order = list(a)
+        assert order == list(b) and sorted(order) == list(range(180))  # seeded by (seed, epoch); every row once
+        assert padding_stats(items, order, 8)["tokens"] == sum(lengths)
+        assert padding_stats(items, order, 8)["padded"] < 0.8 * padding_stats(items, list(plain), 8)["padded"]
+        orders.append(order)
+    assert orders[0] != orders[1]  # other partners next epoch
+    # the full batches come in a random order, not longest first
+    widths = [max(lengths[i] for i in orders[0][k : k + 8]) for k in range(0, 176, 8)]
+    assert widths != sorted(widths, reverse=True)
+
+
+def test_fused_optimizer_keeps_the_first_ten_losses(world, tmp_path, monkeypatch):
+    """Today's per-tensor AdamW and the fused one: same seeded run, losses of the first 10 optimizer
+    steps within 1e-4 relative (float rounding only)."""
+    from uld.training import loop, train
+
+    cfg = make_config(world["root"], world["models"], method="uld", epochs=4, max_steps=10)
+    fused = train(cfg, new_run(cfg, tmp_path / "fused"), world["teacher_dir"])
+    reset_accelerate()
+    monkeypatch.setattr(loop, "build_optimizer",
+                        lambda model, lr, wd: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                                                weight_decay=wd, foreach=False))
+    train(cfg, new_run(cfg, tmp_path / "loop"), world["teacher_dir"])
+    losses = {name: [r["loss"] for r in read_metrics(RunFolder(tmp_path / name)) if r["split"] == "train"]
+              for name in ("fused", "loop")}
+    assert fused["steps"] == 10 and len(losses["fused"]) == len(losses["loop"]) == 10
+    assert losses["fused"] == pytest.approx(losses["loop"], rel=1e-4)
+    assert losses["fused"][-1] < losses["fused"][0]  # it trains
+
+
+def test_length_batching_trains_every_row(world, tmp_path):
+    from uld.training import train
+
+    cfg = make_config(world["root"], world["models"], method="uld", batching="length")
+    summary = train(cfg, new_run(cfg, tmp_path / "run"), world["teacher_dir"])
+    assert summary["steps"] == 6 and summary["train_rows"]["kept"] == 12
+    assert all(math.isfinite(r["loss"]) for r in read_metrics(RunFolder(tmp_path / "run")))
+
+
 # ---- losses of each method -------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from uld.training.rows import (
     DistillationDataset,
     EncodedItem,
     EpochSampler,
+    LengthBucketSampler,
     TrainRow,
     encode_rows,
     load_training_rows,
@@ -26,6 +27,6 @@ __all__ = [
     "TrainingError", "TrainingDiverged", "RowMismatchError", "ResumeError", "StateError",
     "LR_PRESETS", "resolve_lr", "build_optimizer", "build_scheduler", "plan_steps",
     "TrainRow", "EncodedItem", "load_training_rows", "encode_rows", "DistillationDataset", "DistillationCollator",
-    "EpochSampler", "LossOutput", "compute_losses", "answer_nll", "student_answer_logits", "build_ot_cost",
+    "EpochSampler", "LengthBucketSampler", "LossOutput", "compute_losses", "answer_nll", "student_answer_logits", "build_ot_cost",
     "TrainState", "Checkpointer",
 ]

@@ -57,7 +57,8 @@ from uld.store import RunFolder
 from uld.training.objectives import answer_nll, build_ot_cost, compute_losses, student_answer_logits
 from uld.training.optim import build_optimizer, build_scheduler, plan_steps, resolve_lr
 from uld.training.parallel import cpu_fsdp_requested, shard
-from uld.training.rows import DistillationCollator, DistillationDataset, EpochSampler, encode_rows, load_training_rows
+from uld.training.rows import (DistillationCollator, DistillationDataset, EpochSampler, LengthBucketSampler, encode_rows,
+                               item_length, load_training_rows)
 from uld.training.state import Checkpointer, TrainState, copy_hf, read_trainer_json, save_hf
 
 log = logging.getLogger(__name__)
@@ -255,8 +256,10 @@ class _Session:
                                         self.store, t.distill.top_k)
         # Own generators: creating a DataLoader iterator draws a seed, and drawing it from the global RNG
         # would shift the dropout masks of a resumed run (which creates one more iterator).
+        sampler = (LengthBucketSampler([item_length(it) for it in train_items], t.batch_size, t.seed)
+                   if t.batching == "length" else EpochSampler(len(train_items), t.seed))
         self.train_dl = DataLoader(DistillationDataset(train_items), batch_size=t.batch_size,
-                                   sampler=EpochSampler(len(train_items), t.seed), collate_fn=collator,
+                                   sampler=sampler, collate_fn=collator,
                                    num_workers=t.num_workers, generator=torch.Generator().manual_seed(t.seed))
         self.val_dl = DataLoader(DistillationDataset(val_items), batch_size=t.batch_size, shuffle=False, collate_fn=collator,
                                  num_workers=t.num_workers, generator=torch.Generator().manual_seed(t.seed + 1)) if val_items else None

@@ -19,7 +19,7 @@ import torch
 from uld.config import TrainingConfig
 from uld.errors import TrainingError
 
-__all__ = ["LR_PRESETS", "resolve_lr", "build_optimizer", "build_scheduler", "plan_steps"]
+__all__ = ["LR_PRESETS", "resolve_lr", "build_optimizer", "fused_supported", "build_scheduler", "plan_steps"]
 
 LR_PRESETS = {"paper": 1e-6, "authors-jobs": 2e-6}
 
@@ -37,9 +37,25 @@ def resolve_lr(tcfg: TrainingConfig) -> tuple[float, str]:
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over every trainable parameter (the authors applied the decay to all of them)."""
+    """AdamW over every trainable parameter (the authors applied the decay to all of them).
+
+    The fused kernel where it exists (plain CPU or CUDA tensors): the same update in one pass over the
+    weights. On a 2-core CPU torch's per-tensor loop took ~3 s a step for a 135M model, fused ~0.25 s;
+    losses agree within float rounding (tests/unit/test_training.py). Sharded (DTensor) weights keep
+    torch's default implementation.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused_supported(params) or None)
+
+
+def fused_supported(params) -> bool:
+    """Whether torch's fused AdamW takes these parameters: floating, plain tensors, on a CPU or CUDA device."""
+    from torch.distributed.tensor import DTensor
+
+    return bool(params) and all(
+        not isinstance(p, DTensor) and p.is_floating_point()
+        and p.device.type in ("cpu", "cuda") for p in params
+    )
 
 
 def build_scheduler(

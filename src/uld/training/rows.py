@@ -34,6 +34,10 @@ __all__ = [
     "DistillationDataset",
     "DistillationCollator",
     "EpochSampler",
+    "LengthBucketSampler",
+    "BUCKET_WINDOW",
+    "padding_stats",
+    "item_length",
 ]
 
 
@@ -240,3 +244,51 @@ class EpochSampler(Sampler[int]):
             return iter(range(self.n))
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+# batches sorted together: wide enough that neighbours in a window have similar lengths, narrow enough
+# that which rows meet still varies from epoch to epoch
+BUCKET_WINDOW = 50
+
+
+class LengthBucketSampler(EpochSampler):
+    """``training.batching: length``: the epoch's seeded permutation, each window of ``BUCKET_WINDOW``
+    batches sorted by length (longest first), then the full batches in a seeded random order and the
+    short last batch last. Every epoch holds every row once; a batch pads little.
+
+    ``lengths[i]``: the padded size row ``i`` costs (student tokens, plus the teacher's for an online teacher).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int):
+        super().__init__(len(lengths), seed, shuffle=True)
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.lengths, self.batch_size = [int(n) for n in lengths], int(batch_size)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        window = self.batch_size * BUCKET_WINDOW
+        order: list[int] = []
+        for w in range(0, self.n, window):
+            order += sorted(perm[w : w + window], key=lambda i: -self.lengths[i])
+        n_full = self.n // self.batch_size
+        batches = [order[b * self.batch_size : (b + 1) * self.batch_size] for b in range(n_full)]
+        shuffled = [i for b in torch.randperm(n_full, generator=g).tolist() for i in batches[b]]
+        return iter(shuffled + order[n_full * self.batch_size :])
+
+
+def item_length(item: EncodedItem) -> int:
+    """Tokens an item puts through the models: its student sequence (and teacher sequence, online)."""
+    n = len(item.student.input_ids)
+    return n + (len(item.teacher.input_ids) if item.teacher is not None else 0)
+
+
+def padding_stats(items: Sequence[EncodedItem], order: Sequence[int], batch_size: int) -> dict[str, int]:
+    """Student tokens of right-padded batches of ``batch_size`` consecutive ``order`` items:
+    ``{"tokens": real, "padded": real + pads}``."""
+    real = padded = 0
+    for b in range(0, len(order), batch_size):
+        lens = [len(items[i].student.input_ids) for i in order[b : b + batch_size]]
+        real, padded = real + sum(lens), padded + max(lens) * len(lens)
+    return {"tokens": real, "padded": padded}
