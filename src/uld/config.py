@@ -133,6 +133,9 @@ class OptimConfig:
     max_grad_norm: Optional[float] = 1.0  # None: no clipping
     warmup_ratio: float = 0.1
     scheduler: Literal["onecycle", "constant", "linear"] = "onecycle"
+    # torch's fused AdamW: ~12x cheaper optimizer step on CPU, the same update up to float rounding. Off by
+    # default so that rerunning a committed config reproduces its weights bit for bit; new studies opt in.
+    fused: bool = False
 
 
 @dataclass

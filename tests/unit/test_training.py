@@ -233,12 +233,15 @@ def test_fused_optimizer_keeps_the_first_ten_losses(world, tmp_path, monkeypatch
     from uld.training import loop, train
 
     cfg = make_config(world["root"], world["models"], method="uld", epochs=4, max_steps=10)
+    cfg.training.optim.fused = True
     fused = train(cfg, new_run(cfg, tmp_path / "fused"), world["teacher_dir"])
     reset_accelerate()
-    monkeypatch.setattr(loop, "build_optimizer",
-                        lambda model, lr, wd: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                                                weight_decay=wd, foreach=False))
+    made = []
+    real = loop.build_optimizer
+    monkeypatch.setattr(loop, "build_optimizer", lambda *a: made.append(real(*a)) or made[-1])
+    cfg.training.optim.fused = False
     train(cfg, new_run(cfg, tmp_path / "loop"), world["teacher_dir"])
+    assert made and made[0].defaults["fused"] is None  # the default is torch's per-tensor update
     losses = {name: [r["loss"] for r in read_metrics(RunFolder(tmp_path / name)) if r["split"] == "train"]
               for name in ("fused", "loop")}
     assert fused["steps"] == 10 and len(losses["fused"]) == len(losses["loop"]) == 10

@@ -274,9 +274,9 @@ class _Session:
         loaders = [self.train_dl] + ([self.val_dl] if self.val_dl is not None else [])
         if cpu_fsdp_requested(self.acc):  # accelerate shards only on accelerators: FSDP2 by hand on CPUs
             self.model = shard(self.model)
-            self.optimizer, *loaders = self.acc.prepare(build_optimizer(self.model, self.lr, t.optim.weight_decay), *loaders)
+            self.optimizer, *loaders = self.acc.prepare(build_optimizer(self.model, self.lr, t.optim.weight_decay, t.optim.fused), *loaders)
         else:
-            optimizer = build_optimizer(self.model, self.lr, t.optim.weight_decay)
+            optimizer = build_optimizer(self.model, self.lr, t.optim.weight_decay, t.optim.fused)
             self.model, self.optimizer, *loaders = self.acc.prepare(self.model, optimizer, *loaders)
         self.train_dl = loaders[0]
         self.val_dl = loaders[1] if len(loaders) > 1 else None

@@ -36,16 +36,17 @@ def resolve_lr(tcfg: TrainingConfig) -> tuple[float, str]:
     return float(opt.lr), "config"
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, fused: bool = False) -> torch.optim.AdamW:
     """AdamW over every trainable parameter (the authors applied the decay to all of them).
 
-    The fused kernel where it exists (plain CPU or CUDA tensors): the same update in one pass over the
-    weights. On a 2-core CPU torch's per-tensor loop took ~3 s a step for a 135M model, fused ~0.25 s;
-    losses agree within float rounding (tests/unit/test_training.py). Sharded (DTensor) weights keep
-    torch's default implementation.
+    ``fused`` (``training.optim.fused``) takes torch's fused kernel where it exists (plain CPU or CUDA
+    tensors): the same update in one pass over the weights. On a 2-core CPU torch's per-tensor loop took
+    ~3 s a step for a 135M model, fused ~0.25 s; losses agree within float rounding
+    (tests/unit/test_training.py), not bit for bit, which is why it is opt-in. Sharded (DTensor) weights
+    keep torch's default implementation.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused_supported(params) or None)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=(fused and fused_supported(params)) or None)
 
 
 def fused_supported(params) -> bool:
