@@ -317,15 +317,18 @@ def test_table_names_the_hardware_of_its_runs_and_writes_the_figure(store, tmp_p
     assert built.paths["pdf"].is_file()
 
 
-def test_launching_a_table_writes_no_per_experiment_report(tmp_path, monkeypatch):
+def test_launching_a_table_runs_each_point_through_the_pipeline(tmp_path, monkeypatch):
+    import uld.pipeline
+    from uld.ids import run_id
+
     seen = []
 
-    def fake_run_experiment(cfg, *, force=False, report=True, **kw):
-        seen.append(report)
+    def fake_run_experiment(cfg, *, force=False, **kw):
+        seen.append(run_id(cfg))
         return []
 
-    monkeypatch.setattr(tables, "run_experiment", fake_run_experiment)
+    monkeypatch.setattr(uld.pipeline, "run_experiment", fake_run_experiment)
     plan = reporting.plan_table("micro", store_root=tmp_path)
     launch = tables.launch_missing(plan)
-    assert len(seen) == 23 and not any(seen)  # the table is the report
+    assert seen == [p.run.id for p in plan.points]  # every missing point, in plan order, one call each
     assert len(launch.failed) == 23  # the fake wrote nothing, so every point is reported missing
