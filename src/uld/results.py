@@ -102,6 +102,8 @@ def describe_config(cfg: dict[str, Any] | ExperimentConfig, target: str | None =
 
 
 def _rows_for_run(run: RunFolder) -> list[dict[str, Any]]:
+    if not run.exists("config.yaml"):  # a table names this folder, and its scores cannot say what they measured
+        raise ResultsError(f"{run.path} has scores.json but no config.yaml: its numbers cannot be placed in a cell")
     cfg = run.config_dict()
     scores_path = run.file(RunFolder.FINAL)
     scores = _check_scores(read_json(scores_path), scores_path)
