@@ -13,7 +13,6 @@ import pytest
 
 from uld import reporting, tables
 from uld.config import dump_config, expand_grid, load_config
-from uld.errors import ResultsError
 from uld.reporting import (
     BootstrapCI,
     SeedSummary,
