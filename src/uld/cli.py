@@ -254,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
+    from uld.distributed import dist
     from uld.pipeline import STAGES, run_experiment
 
     stages = _listed(args, "--stages", STAGES)
@@ -261,6 +262,11 @@ def cmd_run(args) -> int:
     runs = run_experiment(cfg, force=args.force, stages=stages, resume=not args.no_resume, wait=args.wait)
     for r in runs:
         say(f"run: {r.path}")
+    if cfg.grid and "evaluate" in stages and dist().is_main:
+        from uld.reporting.study import write_study_report  # plotting stack: only once a grid is evaluated
+
+        for path in write_study_report(cfg, runs):
+            say(f"wrote {path}")
     return 0
 
 

@@ -104,18 +104,16 @@ def _record_teacher(run: RunFolder, teacher_dir: Path) -> None:
 
 
 def run_experiment(
-    cfg: ExperimentConfig, *, force: bool = False, stages: Iterable[str] = STAGES, resume: bool = True,
-    report: bool = True, wait: bool = False,
+    cfg: ExperimentConfig, *, force: bool = False, stages: Iterable[str] = STAGES, resume: bool = True, wait: bool = False,
 ) -> list[RunFolder]:
-    """Run every point of ``cfg.grid`` (or the single config) and, for a grid, write a study report."""
+    """Run every point of ``cfg.grid`` (or the single config); the run folders, in grid order.
+
+    It writes runs only: a grid's study report is written by ``uld run`` and a table by ``uld.tables``,
+    both above this layer, so running a grid never reaches up to the reporting stack.
+    """
     points = expand_grid(cfg)
     runs = []
     for i, point in enumerate(points, 1):
         log.info("[%d/%d] %s", i, len(points), RunFolder.for_config(point).id)
         runs.append(run_point(point, force=force, stages=stages, resume=resume, wait=wait))
-    if report and "evaluate" in tuple(stages) and cfg.grid and dist().is_main:
-        from uld.reporting.study import write_study_report  # plotting stack: only when a report is asked for
-
-        for p in write_study_report(cfg, runs):
-            print(f"wrote {p}")
     return runs

@@ -11,19 +11,18 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Iterable, Literal, Optional
 
 from uld.columns import COLUMNS, SETTINGS, frame, setting_of
-from uld.config import ExperimentConfig, to_dict
-from uld.errors import ResultsError
+from uld.config import ExperimentConfig, from_dict, to_dict
+from uld.errors import ConfigError, ResultsError
 from uld.ids import run_id
 from uld.io import read_json, read_jsonl
 from uld.methods import METHODS
 from uld.reference import load_reference
 from uld.store import RunFolder, iter_runs
 
-__all__ = ["describe_config", "load_results", "load_training_logs", "COLUMNS", "SETTINGS", "setting_of"]
-
+__all__ = ["describe_config", "load_results", "load_runs", "load_training_logs", "COLUMNS", "SETTINGS", "setting_of"]
 
 
 def _get(d: dict, dotted: str, default: Any = None) -> Any:
@@ -50,7 +49,10 @@ def _check_scores(obj: Any, path: Path) -> dict:
 def _check_agrees(run: RunFolder, cfg: dict, scores: dict, scores_path: Path) -> None:
     """A record must belong to the folder and the config it sits beside."""
     if run.path.parent.name == "runs":
-        want = run_id(run.config())
+        try:  # the dict already read, validated as run.config() would: one parse of config.yaml per run
+            want = run_id(from_dict(ExperimentConfig, cfg, source=str(run.file("config.yaml"))))
+        except ConfigError as exc:
+            raise ResultsError(str(exc)) from None
         if want != run.id:
             raise ResultsError(f"{run.file('config.yaml')}: this config's run id is {want}, not the folder's {run.id}")
     if scores.get("run_id") not in (None, run.id):
@@ -100,6 +102,8 @@ def describe_config(cfg: dict[str, Any] | ExperimentConfig, target: str | None =
 
 
 def _rows_for_run(run: RunFolder) -> list[dict[str, Any]]:
+    if not run.exists("config.yaml"):  # a table names this folder, and its scores cannot say what they measured
+        raise ResultsError(f"{run.path} has scores.json but no config.yaml: its numbers cannot be placed in a cell")
     cfg = run.config_dict()
     scores_path = run.file(RunFolder.FINAL)
     scores = _check_scores(read_json(scores_path), scores_path)
@@ -124,6 +128,25 @@ def _rows_for_run(run: RunFolder) -> list[dict[str, Any]]:
     return rows
 
 
+def load_runs(runs: Iterable[RunFolder], *, on_error: Literal["raise", "warn"] = "raise"):
+    """The rows of exactly these run folders (:data:`COLUMNS`), as :func:`load_results` gives them.
+
+    A table passes the folders its plan names, so it reads its own runs and nothing else of the store.
+    An unfinished run (no ``scores.json``, or a change half done) or a folder not there gives no rows.
+    """
+    rows: list[dict[str, Any]] = []
+    for run in runs:
+        if not run.is_complete:
+            continue
+        try:
+            rows.extend(_rows_for_run(run))
+        except ResultsError as exc:
+            if on_error == "raise":
+                raise
+            warnings.warn(str(exc), stacklevel=2)
+    return frame(rows)
+
+
 def load_results(
     root: str | os.PathLike = "results",
     source: Literal["ours", "authors", "both"] = "ours",
@@ -144,15 +167,7 @@ def load_results(
         raise ValueError(f"source must be 'ours', 'authors' or 'both', got {source!r}")
     frames = []
     if source in ("ours", "both"):
-        rows: list[dict[str, Any]] = []
-        for run in iter_runs(root):
-            try:
-                rows.extend(_rows_for_run(run))
-            except ResultsError as exc:
-                if on_error == "raise":
-                    raise
-                warnings.warn(str(exc), stacklevel=2)
-        frames.append(frame(rows))
+        frames.append(load_runs(iter_runs(root), on_error=on_error))
     if source in ("authors", "both"):
         frames.append(load_reference(reference))
     if len(frames) == 1:

@@ -20,10 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from uld.diagnostics import diagnose_missing
 from uld.distributed import dist, on_main
 from uld.errors import ConfigError, RunLocked
-from uld.pipeline import run_experiment
 from uld.reporting.figures import RESULTS_ENV, figures_dir
 from uld.reporting.spec import PRESETS, TablePlan, TableSpec, load_spec, plan_table
 
@@ -40,9 +38,9 @@ class LaunchReport:
 
 
 def _run(cfg: Any, force: bool = False) -> Any:
-    # the table is the report: per-experiment study reports would overwrite each other when several grid
-    # files of a table share one experiment name
-    return run_experiment(cfg, force=force, report=False)
+    from uld.pipeline import run_experiment  # the training stack: only when a run is launched, not for --report-only
+
+    return run_experiment(cfg, force=force)
 
 
 def _attempt(runner: Callable[..., Any], cfg: Any, run_id: str, force: bool) -> tuple[str, str, list[str]]:
@@ -157,6 +155,8 @@ def build_table(
     plan = plan_table(spec, preset=preset, store_root=store_root, overrides=overrides)
     launch = None if report_only else launch_missing(plan, force=force, runner=runner, workers=workers)
     if launch is not None and getattr(spec, "diagnose", False):
+        from uld.diagnostics import diagnose_missing  # torch: only when runs were launched
+
         launch.failed += on_main(lambda: diagnose_missing(plan.points)) or []
     out = Path(out_dir) if out_dir is not None else Path(store_root) / "tables"
     table = spec.collect(plan, reference=reference)
@@ -210,6 +210,9 @@ def table_script(spec: TableSpec | str, argv: Sequence[str] | None = None, descr
     if not dist().is_main:
         return 0 if built.ok else 1
     print(built.plan.summary())
+    for point in built.plan.missing():  # each an empty cell of the table
+        state = "unfinished" if point.run.path.is_dir() else "no folder"
+        print(f"  no results: {point.run.path} ({state}; {point.source.name})")
     for line in _lost_runs(built.plan):
         print(line)
     if built.launch is not None:

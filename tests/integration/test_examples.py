@@ -50,9 +50,10 @@ def test_trainer_example_trains_a_student_from_the_cache(stage, tiny_models, tmp
 
 
 def test_plain_loop_example_lowers_the_loss(stage, tiny_models):
-    proc = _example("loop_uld.py", "--stage", str(stage), "--student", str(tiny_models["student"]), "--steps", "6",
+    # three steps on one near-full batch already lower the loss by about 0.5 at this learning rate
+    proc = _example("loop_uld.py", "--stage", str(stage), "--student", str(tiny_models["student"]), "--steps", "3",
                     "--batch-size", "11", "--lr", "3e-3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = [float(m) for m in re.findall(r"loss ([0-9.]+)", proc.stdout)]
-    assert len(losses) == 6 and losses[-1] < losses[0]
+    assert len(losses) == 3 and losses[-1] < losses[0]
     assert all(float(u) > 0 for u in re.findall(r"uld ([0-9.]+)", proc.stdout))

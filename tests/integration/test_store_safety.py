@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.forked_uld import ForkedUld
+
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "experiments" / "smoke.yaml"
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -89,15 +91,21 @@ def test_two_runs_of_one_config_compute_it_once(tiny_models, tmp_path):
 
 def test_a_second_writer_is_refused_naming_the_holder(tiny_models, tmp_path):
     store = tmp_path / "store"
-    args = ["run", str(SMOKE), *_overrides(tiny_models, store, steps=40)]
+    args = ["run", str(SMOKE), *_overrides(tiny_models, store, steps=12)]
+    # the second command comes from a python that has imported the stack already, so it reaches the lock
+    # within a second of asking: the first run need not train long to still hold it then
+    second = ForkedUld(_env(), cwd=REPO)
     first = _uld(*args)
     try:
         holder = _wait_for_lock(next_lock(store, "runs"))
-        rc, err = _done(_uld(*args))
-        assert rc == 2
+        log = tmp_path / "second.log"
+        rc = second.run(args, log)
+        err = log.read_text()
+        assert rc == 2, err[-2000:]
         assert re.search(rf"uld: error: RunLocked: runs/smoke-\w+ is being computed by pid {holder['pid']} on .*; wait for it, or pass --wait",
                          err.strip().splitlines()[-1]), err[-1000:]
     finally:
+        second.close()
         rc1, err1 = _done(first)
     assert rc1 == 0, err1[-2000:]
     (run,) = list((store / "runs").glob("smoke-*"))

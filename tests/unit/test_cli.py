@@ -139,3 +139,32 @@ def test_readme_accelerate_lines_name_shipped_configs_and_parse(line):
 
 def test_readme_shows_a_multi_process_launch():
     assert any(c.startswith("accelerate launch") for c in _bash_lines((REPO / "README.md").read_text()))
+
+
+def test_run_writes_the_study_report_of_a_grid(tmp_path, monkeypatch, capsys):
+    """`uld run` on a grid writes its study report; the pipeline it calls writes runs only."""
+    import uld.pipeline
+    from uld.config import expand_grid
+    from uld.io import atomic_write_json
+    from uld.store import RunFolder
+
+    def fake_run_experiment(cfg, **kw):
+        runs = []
+        for i, point in enumerate(expand_grid(cfg)):
+            run = RunFolder.for_config(point)
+            run.init(point)
+            atomic_write_json(run.file("scores.json"), {"metrics": {"f1": 10.0 + i}})
+            runs.append(run)
+        return runs
+
+    monkeypatch.setattr(uld.pipeline, "run_experiment", fake_run_experiment)
+    assert main(["run", str(REPO / "experiments" / "smoke.yaml"), f"output_dir={tmp_path}"]) == 0
+    report = tmp_path / "tables" / "smoke.md"
+    assert f"wrote {report}" in capsys.readouterr().out
+    rows = [line for line in report.read_text().splitlines() if line.startswith("| smoke-")]
+    assert len(rows) == 2 and "10" in rows[0] and "11" in rows[1]
+    assert (tmp_path / "figures" / "smoke.png").stat().st_size > 0
+    # evaluation not asked for: no scores to report, so no report
+    report.unlink()
+    assert main(["run", str(REPO / "experiments" / "smoke.yaml"), f"output_dir={tmp_path}", "--stages", "teacher"]) == 0
+    assert not report.exists()

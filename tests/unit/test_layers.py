@@ -64,6 +64,20 @@ def test_no_import_goes_up_a_layer():
     assert not wrong, "\n".join(wrong)
 
 
+def test_reporting_is_used_only_from_above():
+    """Reports on runs (a grid's study report, a table) are written by the floors above reporting (tables,
+    cli): the pipeline beside it writes runs only, so running a grid never reaches the plotting stack."""
+    layers = _layers()
+    users = []
+    for path in sorted(SRC.rglob("*.py")):
+        here = path.stem if path.parent == SRC else path.relative_to(SRC).parts[0]
+        if here in ("__init__", "__main__", "reporting"):
+            continue
+        users += [f"{path.relative_to(REPO)}:{line} ({here}, layer {layers[here]}) imports {target}"
+                  for line, target in _imports(path) if _room(target) == "reporting" and layers[here] <= layers["reporting"]]
+    assert not users, "\n".join(users)
+
+
 def test_losses_import_torch_only():
     allowed = {"torch", "math", "typing", "dataclasses", "__future__", "collections", "functools", "ot"}
     for path in (SRC / "losses").glob("*.py"):

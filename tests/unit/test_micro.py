@@ -321,15 +321,38 @@ def test_table_names_the_hardware_of_its_runs_and_writes_the_figure(store, tmp_p
     assert built.paths["pdf"].is_file()
 
 
-def test_launching_a_table_writes_no_per_experiment_report(tmp_path, monkeypatch):
+def test_launching_a_table_runs_each_point_through_the_pipeline(tmp_path, monkeypatch):
+    import uld.pipeline
+    from uld.ids import run_id
+
     seen = []
 
-    def fake_run_experiment(cfg, *, force=False, report=True, **kw):
-        seen.append(report)
+    def fake_run_experiment(cfg, *, force=False, **kw):
+        seen.append(run_id(cfg))
         return []
 
-    monkeypatch.setattr(tables, "run_experiment", fake_run_experiment)
+    monkeypatch.setattr(uld.pipeline, "run_experiment", fake_run_experiment)
     plan = reporting.plan_table("micro", store_root=tmp_path)
     launch = tables.launch_missing(plan)
-    assert len(seen) == 23 and not any(seen)  # the table is the report
+    assert seen == [p.run.id for p in plan.points]  # every missing point, in plan order, one call each
     assert len(launch.failed) == 23  # the fake wrote nothing, so every point is reported missing
+
+
+def test_a_table_reads_only_its_own_run_folders(store, tmp_path, capsys):
+    """A broken record outside the plan does not stop the table (the store is not scanned); one inside it does."""
+    root, written = store
+    stray = root / "runs" / "other-0123456789"
+    stray.mkdir(parents=True)
+    (stray / "scores.json").write_text("{not json")
+    built = tables.build_table("micro", report_only=True, store_root=root, out_dir=tmp_path / "t")
+    assert built.table.n_complete == sum(len(v) for v in written.values())
+    # a grid point without a folder is an empty cell, and `uld table` names its folder
+    from uld.cli import main as cli_main
+
+    assert cli_main(["table", "micro", "--report-only", "--store", str(root), "--out", str(tmp_path / "t")]) == 0
+    missing = [p for p in built.plan.points if not p.complete]
+    assert f"  no results: {missing[0].run.path} (no folder; {missing[0].source.name})" in capsys.readouterr().out
+    own = written[("uld", 1.0)][0]
+    (own.file("scores.json")).write_text("{not json")
+    with pytest.raises(ResultsError, match=r"scores\.json: invalid JSON"):
+        tables.build_table("micro", report_only=True, store_root=root, out_dir=tmp_path / "t")

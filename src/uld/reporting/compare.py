@@ -31,7 +31,7 @@ from uld.reporting.text import (
     none,
     tex,
 )
-from uld.results import load_results
+from uld.results import load_runs
 
 __all__ = ["ComparisonTable", "Comparison", "KEY_FIELDS", "cell_key"]
 
@@ -174,9 +174,11 @@ def collect_comparison(plan: TablePlan, *, reference: str | os.PathLike | None =
     Several runs in one cell (e.g. seeds) are averaged; ``n_runs`` and ``ours_std`` say so.
     """
     spec: ComparisonTable = plan.spec  # type: ignore[assignment]
-    ours = load_results(plan.store_root, source="ours")
     wanted = {p.run.id: p for p in plan.points}
-    ours = ours[ours["run_id"].isin(list(wanted)) & ours["metric"].isin(spec.metrics)]
+    # the plan's own run folders, nothing else of the store; in run-id order, the order a cell's runs are
+    # summed in, so its mean does not change with the order of the grid files
+    ours = load_runs(sorted((p.run for p in plan.points), key=lambda r: r.id))
+    ours = ours[ours["metric"].isin(spec.metrics)]
     by_cell: dict[tuple, dict[str, list[tuple[str, float]]]] = {}
     for rec in ours.itertuples(index=False):
         key = cell_key(wanted[rec.run_id].info)  # the declared point decides the cell, not a re-derivation

@@ -41,7 +41,9 @@ def save_figure(fig: Any, name: str, out_dir: str | os.PathLike | None = None,
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".{ext}", dir=out)
         os.close(fd)
         try:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+            # a PDF without its creation date: an unchanged figure re-renders to the same bytes
+            meta = {"metadata": {"CreationDate": None}} if ext == "pdf" else {}
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight", **meta)
             replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

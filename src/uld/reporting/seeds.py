@@ -25,7 +25,7 @@ from uld.reporting.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, BootstrapC
                                  seed_paired_contrast, seed_summary)
 from uld.reporting.text import (METRIC_LABELS, MISSING, SETTING_LABELS, fixture_lines, label, latex_grid, markdown_grid,
                                panel_markdown, tex_pm)
-from uld.results import load_results
+from uld.results import load_runs
 from uld.store import RunFolder
 
 __all__ = ["SeedTable", "SettingRows", "Contrast", "FractionRows", "SeedResult", "contrast_text", "run_hardware"]
@@ -91,8 +91,10 @@ class _Cells:
         self.plan = plan
         self.done = [p for p in plan.points if p.complete]
         by_id = {p.run.id: p for p in self.done}
-        scores = load_results(plan.store_root, source="ours")
-        scores = scores[scores["run_id"].isin(list(by_id)) & scores["metric"].isin(list(metrics))]
+        # the plan's own run folders, nothing else of the store; in run-id order, the order seeds are drawn
+        # and summed in, so a figure or a mean does not change with the order of the grid files
+        scores = load_runs(sorted((p.run for p in self.done), key=lambda r: r.id))
+        scores = scores[scores["metric"].isin(list(metrics))]
         records = []
         for rec in scores.itertuples(index=False):
             info = by_id[rec.run_id].info  # the declared point decides the cell
