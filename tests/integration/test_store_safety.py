@@ -139,9 +139,11 @@ def test_a_second_generate_is_refused_naming_the_holder(tiny_models, tmp_path):
     assert rc == 0, err[-1000:]
 
 
-@pytest.fixture
-def finished(tiny_models, tmp_path):
-    store = tmp_path / "store"
+@pytest.fixture(scope="module")
+def finished(tiny_models, tmp_path_factory):
+    # one finished run for both tests below: the first asserts it leaves the run as it found it, the
+    # second (forced retraining) is the only one that changes it
+    store = tmp_path_factory.mktemp("finished") / "store"
     rc, err = _done(_uld("run", str(SMOKE), *_overrides(tiny_models, store)))
     assert rc == 0, err[-2000:]
     (run,) = list((store / "runs").glob("smoke-*"))
@@ -160,27 +162,24 @@ def test_train_on_a_finished_run_changes_nothing(tiny_models, finished):
 
 def test_forced_retraining_is_built_beside_and_swapped_in(tiny_models, finished):
     store, run = finished
-    before = _files(run)
     args = ["train", str(SMOKE), *_overrides(tiny_models, store), "--force"]
-    # killed while the new student trains: the old records are all there, the run still complete
+    # a retraining that finishes replaces the training records and retires the old evaluation
     points = run.parent / "points.log"
-    rc, _ = _done(_uld(*args, ULD_FAULT_LOG=str(points)))
-    assert rc == 0
+    rc, err = _done(_uld(*args, ULD_FAULT_LOG=str(points)))
+    assert rc == 0, err[-1000:]
+    assert not (run / "scores.json").exists() and not (run / "eval").exists()
+    assert not list(run.glob(".staging-*")) and not (run / ".commit.json").exists()
+    assert (run / "train_summary.json").is_file() and (run / "checkpoints" / "best" / "model.safetensors").is_file()
     staging_points = [int(line.split()[0]) for line in points.read_text().splitlines() if "/.staging-train/checkpoints/state" in line]
-    _done(_uld("run", str(SMOKE), *_overrides(tiny_models, store)))  # re-evaluate: back to a complete run
+    assert staging_points
+    rc, err = _done(_uld("run", str(SMOKE), *_overrides(tiny_models, store)))  # re-evaluate: back to a complete run
+    assert rc == 0 and (run / "scores.json").is_file(), err[-1000:]
+    # killed while the new student trains: the old records are all there, the run still complete
     before = _files(run)
     rc, _ = _done(_uld(*args, ULD_FAULT_AT=str(staging_points[0])))
     assert rc == 137
     assert {k: v for k, v in _files(run).items() if not k.startswith(".staging-")} == before
     assert (run / "scores.json").is_file()
-    # a retraining that finishes replaces the training records and retires the old evaluation
-    rc, err = _done(_uld(*args))
-    assert rc == 0, err[-1000:]
-    assert not (run / "scores.json").exists() and not (run / "eval").exists()
-    assert not list(run.glob(".staging-*")) and not (run / ".commit.json").exists()
-    assert (run / "train_summary.json").is_file() and (run / "checkpoints" / "best" / "model.safetensors").is_file()
-    rc, err = _done(_uld("run", str(SMOKE), *_overrides(tiny_models, store)))
-    assert rc == 0 and (run / "scores.json").is_file(), err[-1000:]
 
 
 def test_the_package_never_loads_a_pickle():
