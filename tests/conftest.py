@@ -102,3 +102,22 @@ def small_models_dir() -> Path | None:
     d = Path(os.environ.get("SMALL_MODELS_DIR", Path.home() / ".cache" / "small-models"))
     ok = (d / "gemma-3-270m" / ".done").exists() and (d / "smollm2-135m-instruct" / ".done").exists()
     return d if ok else None
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_stage(tiny_models, tmp_path_factory) -> Path:
+    """A teacher stage (12 answers of the tiny teacher, top-16 signal) written by `uld generate`: what the
+    examples and the signal export start from."""
+    from accelerate.state import PartialState
+
+    from uld.cli import main
+
+    shared_data = SHARED / "data"
+    data = shared_data if (shared_data / "squad").is_dir() else REPO_ROOT / "tests" / "fixtures" / "data"
+    store = tmp_path_factory.mktemp("stage-store")
+    assert main(["generate", str(REPO_ROOT / "experiments" / "smoke.yaml"), f"teacher.path={tiny_models['teacher']}",
+                 f"data.dir={data}", f"output_dir={store}", "data.train_size=12", "generation.max_new_tokens=6",
+                 "generation.top_k_signal=16"]) == 0
+    PartialState._reset_state()
+    (folder,) = [p for p in (store / "teacher").iterdir() if not p.name.startswith(".")]
+    return folder

@@ -11,24 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from uld.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO.parent / "shared" / "data"
-DATA = SHARED_DATA if (SHARED_DATA / "squad").is_dir() else REPO / "tests" / "fixtures" / "data"
 
 
 @pytest.fixture(scope="module")
-def stage(tiny_models, tmp_path_factory):
-    from accelerate.state import PartialState
-
-    store = tmp_path_factory.mktemp("store")
-    assert main(["generate", str(REPO / "experiments" / "smoke.yaml"), f"teacher.path={tiny_models['teacher']}",
-                 f"data.dir={DATA}", f"output_dir={store}", "data.train_size=12", "generation.max_new_tokens=6",
-                 "generation.top_k_signal=16"]) == 0
-    PartialState._reset_state()
-    (folder,) = [p for p in (store / "teacher").iterdir() if not p.name.startswith(".")]
-    return folder
+def stage(tiny_teacher_stage):
+    return tiny_teacher_stage
 
 
 def _example(name: str, *args: str) -> subprocess.CompletedProcess:

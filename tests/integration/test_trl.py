@@ -16,14 +16,11 @@ import torch
 
 trl = pytest.importorskip("trl")
 
-from uld.cli import main  # noqa: E402
 from uld.losses import ULDLoss, answer_logit_mask, uld_loss  # noqa: E402
 from uld.signal import TeacherSignalStore  # noqa: E402
 from uld.signal_export import export_signal  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO.parent / "shared" / "data"
-DATA = SHARED_DATA if (SHARED_DATA / "squad").is_dir() else REPO / "tests" / "fixtures" / "data"
 
 
 def _gold_uld(strategy: str):
@@ -76,15 +73,8 @@ def test_trl_gold_uld_with_causal_pairing_equals_ours(seed):
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_models, tmp_path_factory):
-    from accelerate.state import PartialState
-
-    store = tmp_path_factory.mktemp("store")
-    assert main(["generate", str(REPO / "experiments" / "smoke.yaml"), f"teacher.path={tiny_models['teacher']}",
-                 f"data.dir={DATA}", f"output_dir={store}", "data.train_size=12", "generation.max_new_tokens=6",
-                 "generation.top_k_signal=16"]) == 0
-    PartialState._reset_state()
-    (stage,) = [p for p in (store / "teacher").iterdir() if not p.name.startswith(".")]
+def exported(tiny_teacher_stage, tmp_path_factory):
+    stage = tiny_teacher_stage
     out = tmp_path_factory.mktemp("export") / "signal"
     export_signal(stage, out)
     return stage, out
