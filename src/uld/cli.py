@@ -491,17 +491,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as exc:
         # a full disk or a file-size limit met by a library's own write: still the user's limit, in one line
-        if args.verbose or exc.errno not in _LIMIT_ERRNOS:
-            raise
-        from uld.io import write_error
+        from uld.io import LIMIT_ERRNOS, write_error
 
+        if args.verbose or exc.errno not in LIMIT_ERRNOS:
+            raise
         print(f"uld: error: StoreWriteError: {write_error(Path(exc.filename or '(a file)'), exc)}", file=sys.stderr)
         return 2
     finally:
         _leave_process_group()
-
-
-_LIMIT_ERRNOS = (28, 27, 122, 30)  # ENOSPC, EFBIG, EDQUOT, EROFS
 
 
 def _leave_process_group() -> None:

@@ -114,6 +114,10 @@ def fault_point(kind: str, phase: str, path: str | os.PathLike) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+# errors that are the machine's limits (space, quota, file size, a read-only disk), not the code's faults
+LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
+
+
 def write_error(path: Path, exc: OSError) -> StoreWriteError:
     why = {errno.ENOSPC: "the disk is full", errno.EROFS: "the store is read-only", errno.EACCES: "permission denied",
            errno.EPERM: "permission denied", errno.EDQUOT: "the disk quota is exceeded",
