@@ -11,8 +11,12 @@
    training    today's bf16 step (seeded random batches, torch's per-tensor AdamW) vs fused AdamW on the
                same batches (isolates that lever; losses compared) vs fused + ``training.batching: length``
                in useful (non-padding) tokens/s, over one epoch of the headroom design's rows
-   student run estimated from the stage timings above (not run end to end): load, 46 steps, two
-               validations, checkpoint saves, evaluation of the test questions
+   student run measured end to end with ``uld run`` on the headroom baseline config (teacher stage cached,
+               46 steps, 500 questions): today's config as one run on two threads against the fast config
+               (bf16 evaluation, length buckets, fused AdamW) as two runs side by side on one thread each
+               (``--workers 2``), plus the fast config as one run on two threads to split the levers. The
+               baseline run's trained student is then the model of the evaluation pair (bf16 agreement on a
+               trained student). ``--quick`` skips it and estimates from the stages instead.
    both cores  the fast training steps as one run on two threads vs two runs on one thread each at once
 
 Writes ``<out>/throughput.{json,md}`` (default ``results/benchmarks``). The numbers are only as good as the
@@ -27,7 +31,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,11 +54,32 @@ from uld.training.rows import item_length
 
 SMALL = Path(os.environ.get("SMALL_MODELS_DIR", Path.home() / ".cache" / "small-models"))
 REPO = Path(__file__).resolve().parents[1]
+HEADROOM_CFG = REPO / "experiments" / "headroom" / "headroom_2_baseline.yaml"
+FAST_OVERRIDES = ["evaluation.dtype=bfloat16", "training.batching=length", "training.optim.fused=true"]
 HEADROOM = dict(train_size=200, val_fraction=0.1, max_length=384, batch_size=8, steps=46, eval_max_new_tokens=24)
 
 
 def _local(path: Path) -> ResolvedModel:
     return ResolvedModel(path.name, ModelEntry(hub_id=path.name, arch="decoder"), str(path), None, "float32")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _bf16_units() -> list[str]:
+    """The CPU's bf16 matrix/vector features (AMX on Intel, AVX-512 BF16 on AMD and Intel)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in flags if f in {"amx_bf16", "amx_tile", "avx512_bf16", "avx512bf16"})
 
 
 def _gflops(flops: float, seconds: float) -> float:
@@ -329,6 +357,69 @@ def bench_teacher(args, teacher: Path, roof: dict) -> dict:
     return stages
 
 
+# ---- a whole student run, end to end -----------------------------------------------------------------
+
+
+def _uld_run(args, store: Path, seeds: list[int], overrides: list[str], workers: int, log_name: str) -> float:
+    """Wall seconds of ``uld run`` on the headroom baseline config (lambda=0 arm) for ``seeds`` in ``store``."""
+    cmd = [sys.executable, "-m", "uld", "run", str(HEADROOM_CFG), f"output_dir={store}", "training.method=sft-teacher",
+           "grid={training.seed: [%s]}" % ", ".join(map(str, seeds)), *args.run_overrides, *overrides, "--workers", str(workers)]
+    env = dict(os.environ, ULD_DATA_DIR=args.data_dir, ULD_MODELS_DIR=str(SMALL), PYTHONPATH=str(REPO / "src"))
+    env.pop("OMP_NUM_THREADS", None)
+    print("$", " ".join(cmd), flush=True)
+    with open(store / log_name, "w") as log:
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return time.perf_counter() - t
+
+
+def _fresh_store(root: Path, name: str, args) -> Path:
+    """A store holding only the cached teacher stage (copied from results/teacher), so nothing else is reused."""
+    store = root / name
+    shutil.rmtree(store, ignore_errors=True)
+    (store / "teacher").mkdir(parents=True)
+    for stage in (REPO / "results" / "teacher").iterdir():
+        shutil.copytree(stage, store / "teacher" / stage.name)
+    # the teacher stage must come from the cache: `--stages teacher` finds it (or computes it, untimed)
+    cmd = [sys.executable, "-m", "uld", "run", str(HEADROOM_CFG), f"output_dir={store}", "training.method=sft-teacher",
+           "grid={}", "training.seed=1", "--stages", "teacher"]
+    env = dict(os.environ, ULD_DATA_DIR=args.data_dir, ULD_MODELS_DIR=str(SMALL), PYTHONPATH=str(REPO / "src"))
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return store
+
+
+def _f1_of(store: Path) -> list[float]:
+    import json
+
+    return [round(json.loads(p.read_text())["metrics"]["f1"], 2) for p in sorted((store / "runs").glob("*/scores.json"))]
+
+
+def bench_student_run(args, root: Path) -> tuple[dict, Path]:
+    """Today's config one run on two threads vs the fast config two runs side by side (and one run on two
+    threads): seconds per run. Returns the result and the baseline run's trained student (best checkpoint)."""
+    base_store = _fresh_store(root, "baseline", args)
+    base_s = _uld_run(args, base_store, [11], [], 1, "run.log")
+    fast1_store = _fresh_store(root, "fast_one", args)
+    fast1_s = _uld_run(args, fast1_store, [11], FAST_OVERRIDES, 1, "run.log")
+    fast2_store = _fresh_store(root, "fast_two", args)
+    fast2_wall = _uld_run(args, fast2_store, [11, 12], FAST_OVERRIDES, 2, "run.log")
+    best = next((base_store / "runs").glob("*/checkpoints/best"))
+    return {
+        "estimated": False,
+        "config": str(HEADROOM_CFG.relative_to(REPO)) + " (training.method=sft-teacher, seeds 11 and 12)",
+        "baseline": "today's config, one run, two threads (uld run --workers 1)",
+        "fast": "fast config (" + " ".join(FAST_OVERRIDES) + "), two runs side by side, one thread each (uld run --workers 2)",
+        "baseline_s": round(base_s, 1),
+        "fast_s": round(fast2_wall / 2, 1),
+        "fast_pair_wall_s": round(fast2_wall, 1),
+        "speedup": round(base_s / (fast2_wall / 2), 3),
+        "fast_one_run_two_threads_s": round(fast1_s, 1),
+        "config_levers_speedup": round(base_s / fast1_s, 3),
+        "side_by_side_speedup": round(fast1_s / (fast2_wall / 2), 3),
+        "test_f1": {"baseline": _f1_of(base_store), "fast_one": _f1_of(fast1_store), "fast_two": _f1_of(fast2_store)},
+    }, best
+
+
 # ---- report ----------------------------------------------------------------------------------------
 
 
@@ -369,8 +460,14 @@ def render_md(res: dict) -> str:
         f"{100 * tr['padding_fraction']['baseline']:.1f}% -> {100 * tr['padding_fraction']['fast']:.1f}%); fused AdamW alone on "
         f"the same batches: {tr['fused_only_speedup_first_steps']}x, first {tr['loss_steps_compared']} losses within "
         f"{tr['max_loss_rel_diff']:.2e} relative.", "",
-        f"**Student run** (estimated from the stages, {sr['how']}): {sr['baseline_s']} s -> {sr['fast_s']} s, "
-        f"**{sr['speedup']}x**.", "",
+        (f"**Student run** (estimated from the stages, {sr['how']}): {sr['baseline_s']} s -> {sr['fast_s']} s, "
+         f"**{sr['speedup']}x**." if sr.get("estimated") else
+         f"**Student run, end to end** (`uld run` on {sr['config']}): {sr['baseline']}: {sr['baseline_s']} s; "
+         f"{sr['fast']}: {sr['fast_pair_wall_s']} s for the pair, {sr['fast_s']} s per run: **{sr['speedup']}x**. "
+         f"The fast config as one run on two threads: {sr['fast_one_run_two_threads_s']} s ({sr['config_levers_speedup']}x "
+         f"from the config levers, {sr['side_by_side_speedup']}x more from running side by side). Test F1 of the runs "
+         f"(500 questions): baseline {sr['test_f1']['baseline']}, fast one run {sr['test_f1']['fast_one']}, fast pair "
+         f"{sr['test_f1']['fast_two']}; the stage estimate was {sr['estimate_from_stages']['speedup']}x."), "",
         f"**Using both cores** ({tr['side_by_side']['steps']} fast training steps): one run on two threads "
         f"{tr['side_by_side']['one_run_two_threads_tokens_per_s']} useful tokens/s, two runs side by side on one thread "
         f"each {tr['side_by_side']['two_runs_one_thread_tokens_per_s']} (worker start and model load included): "
@@ -384,6 +481,12 @@ def main(argv=None) -> int:
     p.add_argument("--student", default=str(SMALL / "smollm2-135m-instruct"))
     p.add_argument("--teacher", default=str(SMALL / "gemma-3-270m"), help="skipped (and said so) when missing")
     p.add_argument("--student-is-trained", action="store_true", help="the student is a trained headroom checkpoint")
+    p.add_argument("--eval-student", help="model of the evaluation pair (default: the end-to-end baseline run's trained "
+                   "student; with --quick or --no-student-run, --student)")
+    p.add_argument("--no-student-run", action="store_true", help="skip the end-to-end runs; estimate the run from the stages")
+    p.add_argument("--run-overrides", nargs="*", default=[], metavar="key=value",
+                   help="extra overrides of the end-to-end runs (a smaller look, e.g. training.max_steps=2 data.test_size=16)")
+    p.add_argument("--work-dir", help="stores of the end-to-end runs (default: a temporary folder, removed after)")
     p.add_argument("--data-dir", default=os.environ.get("ULD_DATA_DIR", str(REPO.parent / "shared" / "data")))
     p.add_argument("--out", default=str(REPO / "results" / "benchmarks"))
     p.add_argument("--threads", type=int, default=2, choices=[1, 2])
@@ -409,11 +512,17 @@ def main(argv=None) -> int:
 
     roof = roofline(args.matmul_size, reps)
     torch.set_num_threads(args.threads)
+    end_to_end, eval_student = None, Path(args.eval_student or args.student)
+    work = tempfile.TemporaryDirectory(prefix="uld-bench-") if not args.work_dir else None
+    if not (quick or args.no_student_run):
+        end_to_end, trained = bench_student_run(args, Path(args.work_dir or work.name))
+        if not args.eval_student:
+            eval_student, args.student_is_trained = trained, True
     load_model(_local(Path(args.student)))  # the first load also imports the model's code
     t = time.perf_counter()
     load_model(_local(Path(args.student)))
     stages = {"model_load": {"wall_s": round(time.perf_counter() - t, 3)}}
-    ev, _ = bench_evaluation(args, Path(args.student), roof)
+    ev, _ = bench_evaluation(args, eval_student, roof)
     stages.update(ev.pop("stages"))
     tr, tr_stages = bench_training(args, Path(args.student), roof)
     stages.update(tr_stages)
@@ -424,12 +533,17 @@ def main(argv=None) -> int:
     else:
         stages["teacher_generation"] = stages["signal_pass"] = {"wall_s": None, "skipped": f"no teacher at {teacher}"}
     sr = student_run_estimate(ev, tr, stages, stages["model_load"]["wall_s"], ev["n_items"], 2 if quick else HEADROOM["steps"])
+    if end_to_end is not None:
+        end_to_end["estimate_from_stages"] = sr
+        sr = end_to_end
     del tr["_base_step_s"], tr["_fast_step_s"]
+    if work is not None:
+        work.cleanup()
     res = {
         "command": "python scripts/bench_throughput.py" + (" --quick" if quick else ""),
         "threads": args.threads, "quick": quick,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
-                    "load_avg_1m": os.getloadavg()[0]},
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+                    "bf16_units": _bf16_units(), "load_avg_1m": os.getloadavg()[0]},
         "roofline": roof, "stages": stages, "evaluation": ev, "training": tr, "student_run": sr,
     }
     out = Path(args.out)

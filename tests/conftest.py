@@ -13,6 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Grids in tests run one point at a time, so each test's process count and output stay what it asserts;
+# the default a user gets (two workers on a CPU-only machine) is tested with this variable removed.
+os.environ.setdefault("ULD_WORKERS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ULD_SHARED_DIR", REPO_ROOT.parent / "shared"))

@@ -24,6 +24,9 @@ EPILOG_OVERRIDES = (
     "Environment: ULD_MODELS_DIR (folder of local model folders), ULD_DATA_DIR (local data folder)."
 )
 
+WORKERS_HELP = ("grid points side by side in this many processes, the cores split between them (default: $ULD_WORKERS, "
+                "else 2 on a machine without an accelerator, with 2+ cores and 2+ points to run, else 1)")
+
 
 def say(*args, **kwargs) -> None:
     """print, once per launch: only the main process of an `accelerate launch` speaks."""
@@ -67,6 +70,7 @@ def _add_run(sub) -> None:
     p.add_argument("--stages", default="teacher,train,evaluate", help="comma-separated subset of teacher,train,evaluate")
     p.add_argument("--no-resume", action="store_true", help="start training from scratch even if a checkpoint exists")
     p.add_argument("--wait", action="store_true", help="wait for another process computing the same run instead of failing")
+    p.add_argument("--workers", type=int, default=None, help=WORKERS_HELP)
     p.set_defaults(func=cmd_run)
 
 
@@ -130,8 +134,7 @@ def _add_table(sub) -> None:
     p.add_argument("--store", default="results", help="results store root")
     p.add_argument("--force", action="store_true", help="redo runs that exist")
     p.add_argument("--out", help="folder for the table files (default: STORE/tables)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="missing runs side by side in this many processes, the cores split between them")
+    p.add_argument("--workers", type=int, default=None, help=WORKERS_HELP)
     p.set_defaults(func=cmd_table)
 
 
@@ -259,7 +262,8 @@ def cmd_run(args) -> int:
 
     stages = _listed(args, "--stages", STAGES)
     cfg = _load(args)
-    runs = run_experiment(cfg, force=args.force, stages=stages, resume=not args.no_resume, wait=args.wait)
+    runs = run_experiment(cfg, force=args.force, stages=stages, resume=not args.no_resume, wait=args.wait,
+                          workers=args.workers)
     for r in runs:
         say(f"run: {r.path}")
     if cfg.grid and "evaluate" in stages and dist().is_main:
@@ -360,7 +364,7 @@ def cmd_table(args) -> int:
     argv = ["--preset", args.preset, "--store", args.store]
     argv += ["--report-only"] * args.report_only + ["--force"] * args.force
     argv += ["--out", args.out] if args.out else []
-    argv += ["--workers", str(args.workers)]
+    argv += ["--workers", str(args.workers)] if args.workers is not None else []
     return table_script(args.name, argv)
 
 

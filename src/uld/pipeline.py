@@ -20,9 +20,10 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 from uld.config import ExperimentConfig, expand_grid
+from uld.errors import ConfigError
 from uld.distributed import dist, on_main
 from uld.evaluation import evaluate_run
 from uld.io import atomic_write_json
@@ -30,6 +31,7 @@ from uld.methods import get_method
 from uld.store import RunFolder
 from uld.teacher import run_teacher_stage
 from uld.training import train
+from uld.workers import map_in_workers, resolve_workers
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +107,31 @@ def _record_teacher(run: RunFolder, teacher_dir: Path) -> None:
 
 def run_experiment(
     cfg: ExperimentConfig, *, force: bool = False, stages: Iterable[str] = STAGES, resume: bool = True, wait: bool = False,
+    workers: Optional[int] = 1,
 ) -> list[RunFolder]:
     """Run every point of ``cfg.grid`` (or the single config); the run folders, in grid order.
 
-    It writes runs only: a grid's study report is written by ``uld run`` and a table by ``uld.tables``,
-    both above this layer, so running a grid never reaches up to the reporting stack.
+    ``workers``: points side by side in that many processes (``None``: :func:`uld.workers.default_workers`
+    for the points not yet finished). It writes runs only: a grid's study report is written by ``uld run``
+    and a table by ``uld.tables``, both above this layer, so running a grid never reaches up to the
+    reporting stack.
     """
     points = expand_grid(cfg)
+    stages = tuple(stages)
+    todo = sum(1 for p in points if force or not RunFolder.for_config(p).is_complete)
+    workers = resolve_workers(workers, todo)
+    if workers > 1 and len(points) > 1:
+        if dist().world > 1:
+            raise ConfigError("--workers starts its own processes: do not combine it with `accelerate launch`")
+        return map_in_workers(_point_job, [(p, force, stages, resume, wait) for p in points], workers)
     runs = []
     for i, point in enumerate(points, 1):
         log.info("[%d/%d] %s", i, len(points), RunFolder.for_config(point).id)
         runs.append(run_point(point, force=force, stages=stages, resume=resume, wait=wait))
     return runs
+
+
+def _point_job(point: ExperimentConfig, force: bool, stages: tuple, resume: bool, wait: bool) -> RunFolder:
+    """One grid point in a worker process (module level: it is pickled)."""
+    log.info("%s", RunFolder.for_config(point).id)
+    return run_point(point, force=force, stages=stages, resume=resume, wait=wait)

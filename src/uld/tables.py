@@ -24,6 +24,7 @@ from uld.distributed import dist, on_main
 from uld.errors import ConfigError, RunLocked
 from uld.reporting.figures import RESULTS_ENV, figures_dir
 from uld.reporting.spec import PRESETS, TablePlan, TableSpec, load_spec, plan_table
+from uld.workers import WORKERS_ENV, map_in_workers, resolve_workers
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +56,8 @@ def _attempt(runner: Callable[..., Any], cfg: Any, run_id: str, force: bool) -> 
     return "ran", "", [Path(f.path).name for f in folders]
 
 
-def _worker_init(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format=f"[worker {os.getpid()}] %(message)s")
-
-
 def launch_missing(plan: TablePlan, *, force: bool = False, runner: Optional[Callable[..., Any]] = None,
-                   workers: int = 1) -> LaunchReport:
+                   workers: Optional[int] = None) -> LaunchReport:
     """Run every grid point without results (``force``: every point) through the pipeline.
 
     A point another process is computing is left to it (recorded as busy); a failing point is recorded
@@ -72,32 +66,24 @@ def launch_missing(plan: TablePlan, *, force: bool = False, runner: Optional[Cal
 
     ``workers > 1`` runs the points in that many worker processes, the machine's cores split between
     them (``torch.set_num_threads``): on a small CPU several runs side by side use the cores better than
-    one run on all of them. A teacher stage shared by points is computed once (the others wait for
-    it). ``runner`` must then be a module-level function (it travels to the workers by pickling).
+    one run on all of them. ``None`` takes :func:`uld.workers.default_workers` (2 on a CPU-only machine
+    with two or more points to run, else 1). A teacher stage shared by points is computed once (the
+    others wait for it). ``runner`` must then be a module-level function (it travels to the workers by
+    pickling).
     """
-    if workers < 1:
-        raise ConfigError(f"workers must be at least 1, got {workers}")
-    if workers > 1 and dist().world > 1:
-        raise ConfigError("--workers starts its own processes: do not combine it with `accelerate launch`")
     runner = runner or _run
     report = LaunchReport()
     todo = plan.points if force else plan.missing()
+    workers = resolve_workers(workers, len(todo))
+    if workers > 1 and dist().world > 1:
+        raise ConfigError("--workers starts its own processes: do not combine it with `accelerate launch`")
     if workers == 1 or len(todo) < 2:
         outcomes = []
         for i, point in enumerate(todo, 1):
             log.info("[%d/%d] %s (%s)", i, len(todo), point.run.id, point.source.name)
             outcomes.append(_attempt(runner, point.cfg, point.run.id, force))
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        log.info("%d points in %d worker processes of %d thread(s) each", len(todo), workers, threads)
-        # spawn, not fork: a forked copy of a process that already ran torch's thread pools can hang
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
-                                 initargs=(threads,)) as pool:
-            futures = [pool.submit(_attempt, runner, p.cfg, p.run.id, force) for p in todo]
-            outcomes = [f.result() for f in futures]
+        outcomes = map_in_workers(_attempt, [(runner, p.cfg, p.run.id, force) for p in todo], workers)
     for point, (status, message, produced) in zip(todo, outcomes):
         if status == "busy":
             report.busy.append((point.run.id, message))
@@ -141,7 +127,7 @@ def build_table(
     reference: str | os.PathLike | None = None,
     runner: Optional[Callable[..., Any]] = None,
     overrides: Optional[list[str]] = None,
-    workers: int = 1,
+    workers: Optional[int] = None,
 ) -> BuiltTable:
     """Plan the table's grid, run what is missing (unless ``report_only``), write md / tex / csv.
 
@@ -175,8 +161,9 @@ def table_arg_parser(spec: TableSpec, description: str | None = None) -> argpars
     p.add_argument("--store", default=os.environ.get(RESULTS_ENV, "results"), help="results store root (default: results)")
     p.add_argument("--force", action="store_true", help="re-run grid points that already have results")
     p.add_argument("--out", default=None, help="where tables go (default: <store>/tables)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="missing runs side by side in this many processes, the cores split between them")
+    p.add_argument("--workers", type=int, default=None,
+                   help="missing runs side by side in this many processes, the cores split between them (default: "
+                   f"${WORKERS_ENV}, else 2 on a CPU-only machine with 2+ cores and 2+ runs to do, else 1)")
     return p
 
 
@@ -203,7 +190,7 @@ def table_script(spec: TableSpec | str, argv: Sequence[str] | None = None, descr
     args = parser.parse_args(argv)
     if args.report_only and args.force:
         parser.error("--force re-runs grid points; it cannot be combined with --report-only")
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
     built = build_table(spec, report_only=args.report_only, preset=args.preset, store_root=args.store, force=args.force,
                         out_dir=args.out, workers=args.workers)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,39 @@ def test_missing_runs_in_two_worker_processes(tiny_models, shared_data_dir, tmp_
         assert a.run.file("eval", "predictions.jsonl").read_text() == b.run.file("eval", "predictions.jsonl").read_text()
     with pytest.raises(Exception, match="workers must be at least 1"):
         launch_missing(parallel, workers=0)
+
+
+def test_uld_run_grid_defaults_to_two_workers_on_cpu(tiny_models, shared_data_dir, tmp_path, monkeypatch, caplog):
+    """Without --workers or ULD_WORKERS, a CPU-only `uld run` of a two-point grid runs the points in two
+    worker processes, with the run ids and predictions one process gives."""
+    import logging
+
+    import torch
+
+    from uld.cli import main
+    from uld.config import expand_grid, load_config
+    from uld.pipeline import run_experiment
+    from uld.store import RunFolder
+
+    if (os.cpu_count() or 1) < 2 or torch.cuda.is_available():
+        pytest.skip("the two-worker default applies to CPU-only machines with two or more cores")
+    cfg_file = tmp_path / "grid.yaml"
+    cfg_file.write_text(
+        "name: workers\n"
+        f"student: {{name: tiny-student, path: {tiny_models['student']}}}\n"
+        f"data: {{task: qed, dir: {shared_data_dir}, test_size: 3, train_size: 40}}\n"
+        "training: {method: none}\n"
+        "evaluation: {metrics: [f1, em], max_new_tokens: 4, batch_size: 3}\n"
+        "grid: {training.seed: [1, 2]}\n"
+        "device: cpu\n")
+    monkeypatch.delenv("ULD_WORKERS", raising=False)
+    with caplog.at_level(logging.INFO, logger="uld"):
+        assert main(["run", str(cfg_file), f"output_dir={tmp_path / 'a'}"]) == 0
+    assert "2 points in 2 worker processes of" in caplog.text
+    serial = run_experiment(load_config(cfg_file, [f"output_dir={tmp_path / 'b'}"]), workers=1)
+    parallel = [RunFolder.for_config(c) for c in expand_grid(load_config(cfg_file, [f"output_dir={tmp_path / 'a'}"]))]
+    assert [r.id for r in parallel] == [r.id for r in serial] and all(r.is_complete for r in parallel)
+    for a, b in zip(parallel, serial):
+        assert a.file("eval", "predictions.jsonl").read_text() == b.file("eval", "predictions.jsonl").read_text()
+    with pytest.raises(SystemExit):
+        main(["run", str(cfg_file), "--workers", "x"])
