@@ -327,6 +327,12 @@ def bench_training(args, student: Path, roof: dict) -> tuple[dict, dict]:
         save_file(state, str(Path(tmp) / "optimizer.safetensors"))
         state_s = time.perf_counter() - t
     stages["checkpoint_save"] = {"wall_s": round(hf_s, 3), "optimizer_state_wall_s": round(state_s, 3)}
+    # the side-by-side workers load their own students: free this one and its moments first (an 11 GB
+    # parent beside two workers was killed for memory on a 24 GB machine)
+    del fast["model"], fast["optimizer"], model, state
+    import gc
+
+    gc.collect()
     out["side_by_side"] = side_by_side(args, student, bucket_batches)
     return out, stages
 
@@ -522,7 +528,7 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     load_model(_local(Path(args.student)))
     stages = {"model_load": {"wall_s": round(time.perf_counter() - t, 3)}}
-    ev, _ = bench_evaluation(args, eval_student, roof)
+    ev = bench_evaluation(args, eval_student, roof)[0]  # its two students are freed here: memory for what follows
     stages.update(ev.pop("stages"))
     tr, tr_stages = bench_training(args, Path(args.student), roof)
     stages.update(tr_stages)
