@@ -366,10 +366,12 @@ def bench_teacher(args, teacher: Path, roof: dict) -> dict:
 # ---- a whole student run, end to end -----------------------------------------------------------------
 
 
-def _uld_run(args, store: Path, seeds: list[int], overrides: list[str], workers: int, log_name: str) -> float:
+def _uld_run(args, store: Path, seeds: list[int], overrides: list[str], workers: int, log_name: str,
+             options: tuple[str, ...] = ()) -> float:
     """Wall seconds of ``uld run`` on the headroom baseline config (lambda=0 arm) for ``seeds`` in ``store``."""
     cmd = [sys.executable, "-m", "uld", "run", str(HEADROOM_CFG), f"output_dir={store}", "training.method=sft-teacher",
-           "grid={training.seed: [%s]}" % ", ".join(map(str, seeds)), *args.run_overrides, *overrides, "--workers", str(workers)]
+           "grid={training.seed: [%s]}" % ", ".join(map(str, seeds)), *args.run_overrides, *overrides, "--workers", str(workers),
+           *options]
     env = dict(os.environ, ULD_DATA_DIR=args.data_dir, ULD_MODELS_DIR=str(SMALL), PYTHONPATH=str(REPO / "src"))
     env.pop("OMP_NUM_THREADS", None)
     print("$", " ".join(cmd), flush=True)
@@ -387,10 +389,7 @@ def _fresh_store(root: Path, name: str, args) -> Path:
     for stage in (REPO / "results" / "teacher").iterdir():
         shutil.copytree(stage, store / "teacher" / stage.name)
     # the teacher stage must come from the cache: `--stages teacher` finds it (or computes it, untimed)
-    cmd = [sys.executable, "-m", "uld", "run", str(HEADROOM_CFG), f"output_dir={store}", "training.method=sft-teacher",
-           "grid={}", "training.seed=1", "--stages", "teacher"]
-    env = dict(os.environ, ULD_DATA_DIR=args.data_dir, ULD_MODELS_DIR=str(SMALL), PYTHONPATH=str(REPO / "src"))
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _uld_run(args, store, [1], [], 1, "teacher.log", ("--stages", "teacher"))
     return store
 
 

@@ -92,8 +92,5 @@ def map_in_workers(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int) 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
                              initargs=(threads,)) as pool:
         futures = [pool.submit(fn, *job) for job in jobs]
-        done = [(f.exception(), None) if f.exception() else (None, f.result()) for f in futures]
-    for exc, _ in done:
-        if exc is not None:
-            raise exc
-    return [r for _, r in done]
+    # the pool has waited for every job: the first failure is raised only now
+    return [f.result() for f in futures]
