@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -55,7 +56,9 @@ from uld.training.rows import item_length
 SMALL = Path(os.environ.get("SMALL_MODELS_DIR", Path.home() / ".cache" / "small-models"))
 REPO = Path(__file__).resolve().parents[1]
 HEADROOM_CFG = REPO / "experiments" / "headroom" / "headroom_2_baseline.yaml"
-FAST_OVERRIDES = ["evaluation.dtype=bfloat16", "training.batching=length", "training.optim.fused=true"]
+# the training levers only: bf16 evaluation changed a trained student's answers (see docs/throughput.md),
+# so the end-to-end fast config keeps fp32 evaluation
+FAST_OVERRIDES = ["training.batching=length", "training.optim.fused=true"]
 HEADROOM = dict(train_size=200, val_fraction=0.1, max_length=384, batch_size=8, steps=46, eval_max_new_tokens=24)
 
 
@@ -158,8 +161,12 @@ def bench_evaluation(args, student: Path, roof: dict) -> dict:
     base = _generate(models["float32"], tok, ids, args.baseline_batch_size, args.max_new_tokens)
     fast = _generate(models["bfloat16"], tok, ids, best_bs, args.max_new_tokens)
     fp32_same_bs = _generate(models["float32"], tok, ids, best_bs, args.max_new_tokens)
+    # fp32 weights, bf16 matmuls (norms, softmax and the residual stream stay fp32): does the precision
+    # of the weights or of the products change the answers?
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = _generate(models["float32"], tok, ids, best_bs, args.max_new_tokens)
     f1 = {k: 100 * statistics.mean(r["f1"] for r in score_examples(o.answers, refs, ["f1"]))
-          for k, o in (("fp32", base), ("bf16", fast))}
+          for k, o in (("fp32", base), ("bf16", fast), ("autocast", autocast))}
     n = len(ids)
     trained = args.student_is_trained
     return {
@@ -173,6 +180,9 @@ def bench_evaluation(args, student: Path, roof: dict) -> dict:
         "bf16_agreement": round(sum(a == b for a, b in zip(fast.answers, base.answers)) / n, 4),
         "fp32_f1": round(f1["fp32"], 2), "bf16_f1": round(f1["bf16"], 2),
         "bf16_f1_delta": round(f1["bf16"] - f1["fp32"], 2),
+        "bf16_autocast": {"items_per_s": round(n / autocast.seconds, 3), "speedup": round(base.seconds / autocast.seconds, 3),
+                          "agreement": round(sum(a == b for a, b in zip(autocast.answers, base.answers)) / n, 4),
+                          "f1": round(f1["autocast"], 2), "f1_delta": round(f1["autocast"] - f1["fp32"], 2)},
         "agreement_model": "trained student" if trained else "untrained student (answers at length; the issue asks for a trained one)",
         "stages": {
             "evaluation_fp32": _stage(base.seconds, _eval_flops(base, body, head), roof[f"fp32_matmul_gflops_{t}t"],
@@ -333,7 +343,8 @@ def bench_training(args, student: Path, roof: dict) -> tuple[dict, dict]:
     import gc
 
     gc.collect()
-    out["side_by_side"] = side_by_side(args, student, bucket_batches)
+    if args.side_by_side:  # the end-to-end runs measure it otherwise, on whole runs
+        out["side_by_side"] = side_by_side(args, student, bucket_batches)
     return out, stages
 
 
@@ -413,7 +424,8 @@ def bench_student_run(args, root: Path) -> tuple[dict, Path]:
         "estimated": False,
         "config": str(HEADROOM_CFG.relative_to(REPO)) + " (training.method=sft-teacher, seeds 11 and 12)",
         "baseline": "today's config, one run, two threads (uld run --workers 1)",
-        "fast": "fast config (" + " ".join(FAST_OVERRIDES) + "), two runs side by side, one thread each (uld run --workers 2)",
+        "fast": "fast config (" + " ".join(FAST_OVERRIDES) + "; fp32 evaluation), two runs side by side, one thread each "
+                "(uld run --workers 2)",
         "baseline_s": round(base_s, 1),
         "fast_s": round(fast2_wall / 2, 1),
         "fast_pair_wall_s": round(fast2_wall, 1),
@@ -422,7 +434,28 @@ def bench_student_run(args, root: Path) -> tuple[dict, Path]:
         "config_levers_speedup": round(base_s / fast1_s, 3),
         "side_by_side_speedup": round(fast1_s / (fast2_wall / 2), 3),
         "test_f1": {"baseline": _f1_of(base_store), "fast_one": _f1_of(fast1_store), "fast_two": _f1_of(fast2_store)},
+        "_best": str(best),
     }, best
+
+
+class Phases:
+    """Each finished phase's result in ``<dir>/phases.json``: a benchmark killed part way (for memory,
+    say) resumes at the phase it was in instead of measuring everything again."""
+
+    def __init__(self, folder: Optional[Path]):
+        import json
+
+        self.path = folder / "phases.json" if folder is not None else None
+        self.done = json.loads(self.path.read_text()) if self.path is not None and self.path.is_file() else {}
+
+    def run(self, name: str, fn):
+        if name in self.done:
+            print(f"phase {name}: measured before, read from {self.path}", flush=True)
+            return self.done[name]
+        self.done[name] = fn()
+        if self.path is not None:
+            atomic_write_json(self.path, self.done)
+        return self.done[name]
 
 
 # ---- report ----------------------------------------------------------------------------------------
@@ -459,7 +492,9 @@ def render_md(res: dict) -> str:
         f"{ev['baseline']['batch_size']} {ev['baseline_items_per_s']} items/s, bf16 batch {ev['fast']['batch_size']} "
         f"{ev['fast_items_per_s']} items/s: **{ev['speedup']}x**. fp32 at the fast batch size identical: {ev['fp32_identical']}; "
         f"bf16 answers identical to fp32: {100 * ev['bf16_agreement']:.1f}%, F1 {ev['bf16_f1']} vs {ev['fp32_f1']} "
-        f"({ev['bf16_f1_delta']:+}) on the {ev['agreement_model']}.", "",
+        f"({ev['bf16_f1_delta']:+}) on the {ev['agreement_model']}. bf16 autocast (fp32 weights, bf16 matmuls): "
+        f"{ev['bf16_autocast']['items_per_s']} items/s ({ev['bf16_autocast']['speedup']}x), "
+        f"{100 * ev['bf16_autocast']['agreement']:.1f}% identical, F1 {ev['bf16_autocast']['f1_delta']:+}.", "",
         f"**Training** ({tr['steps']} steps of {tr['batch_size']} rows, {tr['precision']}): useful tokens/s "
         f"{tr['baseline_tokens_per_s']} today, {tr['fast_tokens_per_s']} fast: **{tr['speedup']}x** (padding "
         f"{100 * tr['padding_fraction']['baseline']:.1f}% -> {100 * tr['padding_fraction']['fast']:.1f}%); fused AdamW alone on "
@@ -473,11 +508,13 @@ def render_md(res: dict) -> str:
          f"from the config levers, {sr['side_by_side_speedup']}x more from running side by side). Test F1 of the runs "
          f"(500 questions): baseline {sr['test_f1']['baseline']}, fast one run {sr['test_f1']['fast_one']}, fast pair "
          f"{sr['test_f1']['fast_two']}; the stage estimate was {sr['estimate_from_stages']['speedup']}x."), "",
-        f"**Using both cores** ({tr['side_by_side']['steps']} fast training steps): one run on two threads "
-        f"{tr['side_by_side']['one_run_two_threads_tokens_per_s']} useful tokens/s, two runs side by side on one thread "
-        f"each {tr['side_by_side']['two_runs_one_thread_tokens_per_s']} (worker start and model load included): "
-        f"**{tr['side_by_side']['speedup']}x**.", "",
     ]
+    if "side_by_side" in tr:
+        sbs = tr["side_by_side"]
+        lines += [f"**Using both cores** ({sbs['steps']} fast training steps): one run on two threads "
+                  f"{sbs['one_run_two_threads_tokens_per_s']} useful tokens/s, two runs side by side on one thread "
+                  f"each {sbs['two_runs_one_thread_tokens_per_s']} (worker start and model load included): "
+                  f"**{sbs['speedup']}x**.", ""]
     return "\n".join(lines)
 
 
@@ -491,7 +528,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-student-run", action="store_true", help="skip the end-to-end runs; estimate the run from the stages")
     p.add_argument("--run-overrides", nargs="*", default=[], metavar="key=value",
                    help="extra overrides of the end-to-end runs (a smaller look, e.g. training.max_steps=2 data.test_size=16)")
-    p.add_argument("--work-dir", help="stores of the end-to-end runs (default: a temporary folder, removed after)")
+    p.add_argument("--work-dir", help="stores of the end-to-end runs and phases.json, each finished phase's result: rerun with "
+                   "the same folder and a killed benchmark resumes at the phase it was in (default: a temporary folder, removed after)")
     p.add_argument("--data-dir", default=os.environ.get("ULD_DATA_DIR", str(REPO.parent / "shared" / "data")))
     p.add_argument("--out", default=str(REPO / "results" / "benchmarks"))
     p.add_argument("--threads", type=int, default=2, choices=[1, 2])
@@ -515,30 +553,38 @@ def main(argv=None) -> int:
     args.eval_items = eval_items or args.eval_items
     args.train_steps = train_steps or args.train_steps
 
-    roof = roofline(args.matmul_size, reps)
+    phases = Phases(Path(args.work_dir) if args.work_dir else None)
+    roof = phases.run("roofline", lambda: roofline(args.matmul_size, reps))
     torch.set_num_threads(args.threads)
     end_to_end, eval_student = None, Path(args.eval_student or args.student)
     work = tempfile.TemporaryDirectory(prefix="uld-bench-") if not args.work_dir else None
-    if not (quick or args.no_student_run):
-        end_to_end, trained = bench_student_run(args, Path(args.work_dir or work.name))
+    args.side_by_side = quick or args.no_student_run
+    if not args.side_by_side:
+        end_to_end = phases.run("student_run", lambda: bench_student_run(args, Path(args.work_dir or work.name))[0])
         if not args.eval_student:
-            eval_student, args.student_is_trained = trained, True
-    load_model(_local(Path(args.student)))  # the first load also imports the model's code
-    t = time.perf_counter()
-    load_model(_local(Path(args.student)))
-    stages = {"model_load": {"wall_s": round(time.perf_counter() - t, 3)}}
-    ev = bench_evaluation(args, eval_student, roof)[0]  # its two students are freed here: memory for what follows
+            eval_student, args.student_is_trained = Path(end_to_end["_best"]), True
+
+    def load_time():
+        load_model(_local(Path(args.student)))  # the first load also imports the model's code
+        t = time.perf_counter()
+        load_model(_local(Path(args.student)))
+        return {"wall_s": round(time.perf_counter() - t, 3)}
+
+    stages = {"model_load": phases.run("model_load", load_time)}
+    ev = dict(phases.run("evaluation", lambda: bench_evaluation(args, eval_student, roof)[0]))
     stages.update(ev.pop("stages"))
-    tr, tr_stages = bench_training(args, Path(args.student), roof)
+    tr, tr_stages = phases.run("training", lambda: bench_training(args, Path(args.student), roof))
     stages.update(tr_stages)
+    tr = dict(tr)
     tr["_base_step_s"], tr["_fast_step_s"] = (stages["training_step_baseline"]["wall_s"], stages["training_step_fast"]["wall_s"])
     teacher = Path(args.teacher)
     if teacher.is_dir():
-        stages.update(bench_teacher(args, teacher, roof))
+        stages.update(phases.run("teacher", lambda: bench_teacher(args, teacher, roof)))
     else:
         stages["teacher_generation"] = stages["signal_pass"] = {"wall_s": None, "skipped": f"no teacher at {teacher}"}
     sr = student_run_estimate(ev, tr, stages, stages["model_load"]["wall_s"], ev["n_items"], 2 if quick else HEADROOM["steps"])
     if end_to_end is not None:
+        end_to_end = {k: v for k, v in end_to_end.items() if k != "_best"}
         end_to_end["estimate_from_stages"] = sr
         sr = end_to_end
     del tr["_base_step_s"], tr["_fast_step_s"]

@@ -50,14 +50,23 @@ def test_bench_teacher_on_a_tiny_teacher(tmp_path, tiny_models):
 
 
 def test_bench_throughput_quick_on_tiny_models(tmp_path, tiny_models):
-    _run(["scripts/bench_throughput.py", "--quick", "--student", str(tiny_models["student"]), "--teacher",
-          str(tiny_models["teacher"]), "--data-dir", str(FIXTURE_DATA), "--out", str(tmp_path)], tmp_path)
+    cmd = ["scripts/bench_throughput.py", "--quick", "--student", str(tiny_models["student"]), "--teacher",
+           str(tiny_models["teacher"]), "--data-dir", str(FIXTURE_DATA), "--out", str(tmp_path),
+           "--work-dir", str(tmp_path / "work")]
+    _run(cmd, tmp_path)
     res = json.loads((tmp_path / "throughput.json").read_text())
+    phases = json.loads((tmp_path / "work" / "phases.json").read_text())
+    assert set(phases) == {"roofline", "model_load", "evaluation", "training", "teacher"}
+    # a rerun in the same work folder resumes: every phase is read back, nothing measured again
+    again = _run(cmd, tmp_path)
+    assert again.stdout.count("measured before") == 5
+    assert json.loads((tmp_path / "throughput.json").read_text())["evaluation"] == res["evaluation"]
     assert set(res["roofline"]) == {f"{p}_matmul_gflops_{t}t" for p in ("fp32", "bf16") for t in (1, 2)}
     assert all(v > 0 for v in res["roofline"].values())
     ev, tr, sr = res["evaluation"], res["training"], res["student_run"]
     for key in ("baseline_items_per_s", "fast_items_per_s", "speedup", "bf16_agreement", "bf16_f1_delta"):
         assert isinstance(ev[key], float), key
+    assert 0 <= ev["bf16_autocast"]["agreement"] <= 1 and ev["bf16_autocast"]["items_per_s"] > 0
     assert ev["fp32_identical"] is True  # batch size and sorting never change an fp32 greedy answer
     assert ev["speedup"] == pytest.approx(ev["fast_items_per_s"] / ev["baseline_items_per_s"], rel=0.01)
     assert tr["baseline_tokens_per_s"] > 0 and tr["fast_tokens_per_s"] > 0 and tr["max_loss_rel_diff"] < 1e-3
