@@ -225,6 +225,9 @@ class EvaluationConfig:
     # throughput (issue 24): the weights' precision while generating; None: as the model loads (fp32 for
     # every committed run). "bfloat16" is ~2.5x faster on CPUs with bf16 matrix units, answers may differ
     dtype: Optional[Literal["float32", "bfloat16"]] = None
+    # throughput: prefill each batch's common prompt opening once (chat header, instruction, the shots of
+    # a few-shot prompt); the same computation in another order, so fp32 answers may differ by rounding
+    share_prefix: bool = False
 
 
 @dataclass

@@ -76,6 +76,7 @@ def generate_predictions(
     add_special_tokens: bool = True,
     progress: bool = True,
     desc: str = "generate",
+    share_prefix: bool = False,
 ) -> list[str]:
     """Greedy generations for ``prompts`` (text, or token ids already encoded), in input order.
 
@@ -84,6 +85,7 @@ def generate_predictions(
     encoder-decoder. Text prompts are encoded like the training prompts (``uld.data.encode_prompt``);
     ``add_special_tokens=False`` for text that already carries them (a rendered chat prompt).
     Post-processing: the first non-empty line, stripped (``first_line=False``: the whole text, stripped).
+    ``share_prefix``: each batch's common opening is prefilled once (decoder-only; ``uld.generation``).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -99,7 +101,7 @@ def generate_predictions(
             raise ValueError(f"prompts[{i}] encodes to no tokens")
     out = greedy_generate(
         model, tokenizer, ids, max_new_tokens=max_new_tokens, batch_size=batch_size, first_line=first_line,
-        encoder_decoder=encoder_decoder, desc=desc if progress else None,
+        encoder_decoder=encoder_decoder, desc=desc if progress else None, share_prefix=share_prefix,
     )
     return out.answers
 
@@ -250,7 +252,7 @@ def evaluate_model(
     mine = generate_predictions(
         model, tokenizer, [inputs[i] for i in shard], max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
         first_line=cfg.first_line, encoder_decoder=enc_dec, add_special_tokens=add_special_tokens,
-        desc=f"evaluate {task.name}", progress=d.is_main,
+        desc=f"evaluate {task.name}", progress=d.is_main, share_prefix=cfg.share_prefix,
     )
     predictions = [""] * len(examples)
     for part in d.gather(list(zip(shard, mine))):
@@ -273,7 +275,8 @@ def evaluate_model(
         "metrics": metrics,
         "n_empty_predictions": sum(1 for p in predictions if not p),
         "generation": {"max_new_tokens": cfg.max_new_tokens, "first_line": cfg.first_line, "greedy": True,
-                       "shots": cfg.shots, **({"dtype": dtype} if dtype else {})},
+                       "shots": cfg.shots, **({"dtype": dtype} if dtype else {}),
+                       **({"share_prefix": True} if cfg.share_prefix else {})},
         "metric_settings": notes,
     }
     return rows, record

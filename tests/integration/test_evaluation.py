@@ -86,6 +86,22 @@ def test_evaluation_precision_field(tiny_models, shared_data_dir, tmp_path, monk
     assert len(_rows(tmp_path / "c")) == 5
 
 
+def test_evaluation_share_prefix_field(tiny_models, shared_data_dir, tmp_path, monkeypatch):
+    """share_prefix reaches the decoder, is recorded, and gives today's answers on the tiny fp32 student."""
+    from uld import evaluation
+
+    base = evaluate_checkpoint(tiny_models["student"], "squad", data_dir=shared_data_dir, test_size=5,
+                               out_dir=tmp_path / "a", eval_cfg=EvaluationConfig(**FAST), device="cpu")
+    seen = []
+    real_generate = evaluation.greedy_generate
+    monkeypatch.setattr(evaluation, "greedy_generate",
+                        lambda *a, **k: seen.append(k["share_prefix"]) or real_generate(*a, **k))
+    shared = evaluate_checkpoint(tiny_models["student"], "squad", data_dir=shared_data_dir, test_size=5,
+                                 out_dir=tmp_path / "b", eval_cfg=EvaluationConfig(**FAST, share_prefix=True), device="cpu")
+    assert seen == [True] and shared["generation"]["share_prefix"] is True and "share_prefix" not in base["generation"]
+    assert [r["prediction"] for r in _rows(tmp_path / "b")] == [r["prediction"] for r in _rows(tmp_path / "a")]
+
+
 def test_encoder_decoder_checkpoint(tiny_models, shared_data_dir, tmp_path):
     rec = evaluate_checkpoint(tiny_models["seq2seq"], "dialogsum", data_dir=shared_data_dir, test_size=3,
                               out_dir=tmp_path, eval_cfg=EvaluationConfig(**FAST), device="cpu")

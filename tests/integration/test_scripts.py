@@ -79,6 +79,20 @@ def test_bench_throughput_quick_on_tiny_models(tmp_path, tiny_models):
     assert "useful tokens/s" in (tmp_path / "throughput.md").read_text()
 
 
+def test_eval_precision_compares_recipes_with_fp32(tmp_path, tiny_models):
+    out = tmp_path / "precision.json"
+    cmd = ["scripts/eval_precision.py", "--checkpoint", str(tiny_models["student"]), "--questions", "4", "--batch-size", "2",
+           "--max-new-tokens", "3", "--threads", "1", "--data-dir", str(FIXTURE_DATA), "--out", str(out)]
+    proc = _run(cmd + ["--recipes", "fp32,bf16,autocast-mlp-fp32,fp32-share-prefix"], tmp_path)
+    rows = json.loads(out.read_text())["recipes"]
+    assert list(rows) == ["fp32", "bf16", "autocast-mlp-fp32", "fp32-share-prefix"] and "identical" in proc.stdout
+    assert rows["fp32"]["identical"] == 1.0 and rows["fp32"]["f1_delta"] == 0.0 and rows["fp32"]["speedup"] == 1.0
+    assert all(0.0 <= r["identical"] <= 1.0 and r["items_per_s"] > 0 for r in rows.values())
+    bad = subprocess.run([sys.executable, *cmd, "--recipes", "fp32,fp8"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown ['fp8']" in bad.stderr
+
+
 def test_other_scripts_have_help(tmp_path):
-    for script in ("scripts/bench_training.py", "scripts/bench_throughput.py", "scripts/build_notebooks.py"):
+    for script in ("scripts/bench_training.py", "scripts/bench_throughput.py", "scripts/build_notebooks.py",
+                   "scripts/eval_precision.py"):
         assert "usage" in _run([script, "--help"], tmp_path).stdout

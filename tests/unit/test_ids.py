@@ -110,6 +110,8 @@ def test_throughput_fields_count_only_when_chosen():
     assert ids.run_id(apply_overrides(a, ["evaluation.dtype=bfloat16"])) != ids.run_id(a)
     assert ids.run_id(apply_overrides(a, ["training.batching=length"])) != ids.run_id(a)
     assert ids.run_id(apply_overrides(a, ["training.batching=random"])) == ids.run_id(a)
+    assert ids.run_id(apply_overrides(a, ["evaluation.share_prefix=true"])) != ids.run_id(a)
+    assert ids.run_id(apply_overrides(a, ["evaluation.share_prefix=false"])) == ids.run_id(a)
     assert ids.teacher_stage_id(apply_overrides(a, ["evaluation.dtype=bfloat16", "training.batching=length"])) == \
         ids.teacher_stage_id(a)
 
