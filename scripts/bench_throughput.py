@@ -52,6 +52,7 @@ from uld.signal import answer_logits
 from uld.training import EncodedItem, EpochSampler, LengthBucketSampler
 from uld.training.objectives import answer_nll, student_answer_logits
 from uld.training.rows import item_length
+from uld.workers import die_with_parent
 
 SMALL = Path(os.environ.get("SMALL_MODELS_DIR", Path.home() / ".cache" / "small-models"))
 REPO = Path(__file__).resolve().parents[1]
@@ -263,7 +264,7 @@ def side_by_side(args, student: Path, batches: list[dict]) -> dict:
     s, tokens = _timed_training(student, work, 2, args.seed)
     torch.set_num_threads(args.threads)
     halves = [work[0::2], work[1::2]]
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent) as pool:
         t = time.perf_counter()
         done = list(pool.map(_timed_training, [student, student], halves, [1, 1], [args.seed, args.seed]))
         wall = time.perf_counter() - t  # includes each worker's start and model load: what a real worker pays

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any, Callable, Optional, Sequence
 
 from uld.errors import ConfigError
@@ -69,8 +70,27 @@ def resolve_workers(asked: Optional[int], n_points: int) -> int:
     return asked
 
 
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent dies. A pool worker otherwise outlives a parent
+    killed for memory and keeps its model (gigabytes) until someone finds it. Elsewhere: nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request was in place
+        os._exit(1)
+
+
 def _worker_init(threads: int) -> None:
     import torch
+
+    die_with_parent()
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format=f"[worker {os.getpid()}] %(message)s")

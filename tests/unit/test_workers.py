@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
 from uld.errors import ConfigError
@@ -55,3 +61,38 @@ def test_map_in_workers_keeps_order_and_raises_after_every_job():
     assert map_in_workers(_square_or_fail, [(5,)], 2) == [25]  # one job: no pool
     with pytest.raises(ValueError, match="three"):
         map_in_workers(_square_or_fail, [(1,), (3,), (4,)], 2)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_workers_die_with_a_killed_parent(tmp_path):
+    """A `uld run` killed for memory must not leave its workers (each holding a model) running."""
+    (tmp_path / "sleeper.py").write_text(
+        "import os, time\n"
+        "def job(folder):\n"
+        "    open(os.path.join(folder, str(os.getpid())), 'w').close()\n"
+        "    time.sleep(120)\n"
+    )
+    (tmp_path / "pids").mkdir()
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import sys, sleeper; from uld.workers import map_in_workers; "
+                               "map_in_workers(sleeper.job, [(sys.argv[1],), (sys.argv[1],)], 2)", str(tmp_path / "pids")],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])})
+    deadline = time.time() + 60
+    while len(list((tmp_path / "pids").iterdir())) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    pids = [int(p.name) for p in (tmp_path / "pids").iterdir()]
+    assert len(pids) == 2, "workers did not start"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 15
+    while any(_alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
