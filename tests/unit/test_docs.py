@@ -38,3 +38,24 @@ def test_every_number_of_a_finding_is_on_its_page():
         missing = [e for e in estimates if e not in page]
         assert not missing, f"README quotes {missing}, which its page does not: {line[:80]}"
     assert quoted >= 10
+
+
+def test_throughput_page_quotes_the_committed_benchmark():
+    """docs/throughput.md states the issue's targets against results/benchmarks/throughput.json: the page
+    cannot keep numbers from an older run of the benchmark."""
+    import json
+
+    res = json.loads((REPO / "results" / "benchmarks" / "throughput.json").read_text())
+    page = (REPO / "docs" / "throughput.md").read_text()
+    ev, tr, sr, roof = res["evaluation"], res["training"], res["student_run"], res["roofline"]
+    quoted = {
+        "run speedup": f"{sr['speedup']:.2f}×",
+        "training speedup": f"{tr['speedup']:.3f}×",
+        "eval speedup": f"{ev['speedup']:.2f}×",
+        "bf16 agreement": f"{100 * ev['bf16_agreement']:.0f} % identical",
+        "bf16 F1 delta": f"{ev['bf16_f1_delta']:.2f} F1".replace("-", "−"),
+        "bf16 roofline": f"{roof['bf16_matmul_gflops_1t']:,.0f}",
+        "baseline run": f"{sr['baseline_s']:.0f} s",
+    }
+    missing = {k: v for k, v in quoted.items() if v not in page}
+    assert not missing, f"docs/throughput.md does not quote {missing}"
