@@ -411,9 +411,9 @@ def _f1_of(store: Path) -> list[float]:
     return [round(json.loads(p.read_text())["metrics"]["f1"], 2) for p in sorted((store / "runs").glob("*/scores.json"))]
 
 
-def bench_student_run(args, root: Path) -> tuple[dict, Path]:
+def bench_student_run(args, root: Path) -> dict:
     """Today's config one run on two threads vs the fast config two runs side by side (and one run on two
-    threads): seconds per run. Returns the result and the baseline run's trained student (best checkpoint)."""
+    threads): seconds per run. ``_best`` is the baseline run's trained student (its best checkpoint)."""
     base_store = _fresh_store(root, "baseline", args)
     base_s = _uld_run(args, base_store, [11], [], 1, "run.log")
     fast1_store = _fresh_store(root, "fast_one", args)
@@ -436,7 +436,7 @@ def bench_student_run(args, root: Path) -> tuple[dict, Path]:
         "side_by_side_speedup": round(fast1_s / (fast2_wall / 2), 3),
         "test_f1": {"baseline": _f1_of(base_store), "fast_one": _f1_of(fast1_store), "fast_two": _f1_of(fast2_store)},
         "_best": str(best),
-    }, best
+    }
 
 
 class Phases:
@@ -559,9 +559,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     end_to_end, eval_student = None, Path(args.eval_student or args.student)
     work = tempfile.TemporaryDirectory(prefix="uld-bench-") if not args.work_dir else None
-    args.side_by_side = quick or args.no_student_run
-    if not args.side_by_side:
-        end_to_end = phases.run("student_run", lambda: bench_student_run(args, Path(args.work_dir or work.name))[0])
+    whole_runs = not (quick or args.no_student_run)
+    args.side_by_side = not whole_runs  # whole runs measure side by side themselves
+    if whole_runs:
+        end_to_end = phases.run("student_run", lambda: bench_student_run(args, Path(args.work_dir or work.name)))
         if not args.eval_student:
             eval_student, args.student_is_trained = Path(end_to_end["_best"]), True
 

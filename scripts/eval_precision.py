@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from uld.config import DataConfig
+from uld.config import DataConfig, ModelConfig
 from uld.data import encode_prompt, get_task, test_split
 from uld.generation import greedy_generate
 from uld.io import atomic_write_json
 from uld.metrics import score_examples
-from uld.models import ModelEntry, ResolvedModel, load_model, load_tokenizer
+from uld.models import load_model, load_tokenizer, resolve_model
 
 RECIPES = ("fp32", "fp32-share-prefix", "bf16", "autocast", "autocast-attn-fp32", "autocast-mlp-fp32", "autocast-head-fp32")
 # module names (suffixes) of each part in the decoder-only models the project uses (Llama/Gemma layouts)
@@ -48,9 +48,8 @@ def _as_fp32(module: torch.nn.Module) -> None:
     module.forward = forward
 
 
-def load_for(recipe: str, folder: Path):
-    """-> (model, autocast context) for a recipe."""
-    local = ResolvedModel(folder.name, ModelEntry(hub_id=folder.name, arch="decoder"), str(folder), None, "float32")
+def load_for(recipe: str, local):
+    """-> (model, autocast context) for a recipe; ``local``: the resolved checkpoint folder."""
     model = load_model(local, dtype="bfloat16" if recipe == "bf16" else "float32").eval()
     if not recipe.startswith("autocast"):
         return model, contextlib.nullcontext()
@@ -58,7 +57,7 @@ def load_for(recipe: str, folder: Path):
         part = PARTS[recipe.split("-")[1]]
         hits = [m for name, m in model.named_modules() if name.endswith(part) or name == part]
         if not hits:
-            raise SystemExit(f"--recipes {recipe}: no module named *{part} in {folder}")
+            raise SystemExit(f"--recipes {recipe}: no module named *{part} in {local.source}")
         for m in hits:
             _as_fp32(m)
     return model, torch.autocast("cpu", dtype=torch.bfloat16)
@@ -85,7 +84,8 @@ def main(argv=None) -> int:
     folder = Path(args.checkpoint)
     if not (folder / "config.json").is_file():
         p.error(f"--checkpoint {folder}: no config.json (not a model folder)")
-    tok = load_tokenizer(ResolvedModel(folder.name, ModelEntry(hub_id=folder.name, arch="decoder"), str(folder), None, "float32"))
+    local = resolve_model(ModelConfig(name=folder.name, path=str(folder)))
+    tok = load_tokenizer(local)
     task = get_task("squad")
     data = DataConfig(task="squad", dir=args.data_dir, test_size=args.questions,
                       **({"test_order": "shuffled", "sample_seed": 25} if args.shuffled else {}))
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     refs = [task.references(ex, "authors") for ex in examples]
     runs = {}
     for recipe in recipes:
-        model, ctx = load_for(recipe, folder)
+        model, ctx = load_for(recipe, local)
         with ctx:
             greedy_generate(model, tok, ids[:1], max_new_tokens=args.max_new_tokens, batch_size=1)  # warm-up
             out = greedy_generate(model, tok, ids, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
