@@ -478,7 +478,13 @@ def cmd_config(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # argparse stops filling the overrides at the first option, so `uld run CFG --stages teacher a.b=1` would
+    # refuse `a.b=1`; key=value words found after an option are overrides too, in command-line order
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     main_process = int(os.environ.get("RANK", "0")) == 0  # the other ranks of a launch log warnings only
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO if main_process else logging.WARNING,

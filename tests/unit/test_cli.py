@@ -44,6 +44,22 @@ def test_config_command_prints_run_ids(capsys):
     assert len(ids) == 2 and all(i.startswith("smoke-") for i in ids) and ids[0] != ids[1]
 
 
+def test_overrides_may_follow_an_option(capsys):
+    """`uld run CFG --stages teacher output_dir=...` once failed: argparse ends the overrides at an option."""
+    cfg = str(REPO / "experiments" / "powered" / "powered_2_main.yaml")
+    assert main(["config", cfg, "training.method=sft-teacher", "training.seed=1", "--ids"]) == 0
+    before = capsys.readouterr().out.split()
+    assert main(["config", cfg, "training.method=sft-teacher", "--ids", "training.seed=1"]) == 0
+    assert capsys.readouterr().out.split() == before and len(before) == 1
+    # later overrides win, as they do before the option
+    assert main(["config", cfg, "training.seed=1", "--ids", "training.method=sft-teacher", "training.seed=2"]) == 0
+    assert capsys.readouterr().out.split() != before
+    for bad in (["--no-such-flag"], ["stray"]):
+        with pytest.raises(SystemExit):
+            main(["config", cfg, "--ids", *bad])
+        assert "unrecognized arguments" in capsys.readouterr().err
+
+
 def test_config_error_is_reported_with_key(capsys):
     assert main(["config", str(REPO / "experiments" / "smoke.yaml"), "training.bogus=1"]) == 2
     assert "training.bogus" in capsys.readouterr().err
