@@ -12,7 +12,9 @@ Outputs in a run folder (or any output folder)::
     eval/predictions.jsonl   one row per test item: id, prompt_hash, prediction, references, scores
     eval/scores.json         the aggregate record (also copied to scores.json, which the store reads)
 
-Every file is written atomically; a run that already has ``scores.json`` is skipped unless forced.
+Every file is written atomically; a run that already has ``scores.json`` is skipped unless forced. While
+a run is evaluated, its answers are journaled batch by batch (``eval/partial.<rank>.jsonl``,
+:class:`AnswerJournal`): an evaluation killed part-way resumes with the questions it had not answered.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional, Sequence
@@ -48,6 +51,7 @@ __all__ = [
     "evaluate_model",
     "evaluate_run",
     "evaluate_checkpoint",
+    "AnswerJournal",
     "score_predictions",
     "rescore_file",
     "EvaluationError",
@@ -77,6 +81,7 @@ def generate_predictions(
     progress: bool = True,
     desc: str = "generate",
     share_prefix: bool = False,
+    on_batch: Optional[Any] = None,
 ) -> list[str]:
     """Greedy generations for ``prompts`` (text, or token ids already encoded), in input order.
 
@@ -86,6 +91,7 @@ def generate_predictions(
     ``add_special_tokens=False`` for text that already carries them (a rendered chat prompt).
     Post-processing: the first non-empty line, stripped (``first_line=False``: the whole text, stripped).
     ``share_prefix``: each batch's common opening is prefilled once (decoder-only; ``uld.generation``).
+    ``on_batch(indices, answers)``: called after each batch (indices into ``prompts``).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -101,7 +107,7 @@ def generate_predictions(
             raise ValueError(f"prompts[{i}] encodes to no tokens")
     out = greedy_generate(
         model, tokenizer, ids, max_new_tokens=max_new_tokens, batch_size=batch_size, first_line=first_line,
-        encoder_decoder=encoder_decoder, desc=desc if progress else None, share_prefix=share_prefix,
+        encoder_decoder=encoder_decoder, desc=desc if progress else None, share_prefix=share_prefix, on_batch=on_batch,
     )
     return out.answers
 
@@ -222,6 +228,7 @@ def evaluate_model(
     device: Optional[str] = None,
     dtype: Optional[str] = None,
     model_info: Optional[dict[str, Any]] = None,
+    journal: Optional[Path] = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Generate for ``examples`` and score them. Returns (per-example rows, scores record).
 
@@ -230,6 +237,8 @@ def evaluate_model(
     ``prompt_ids`` (optional) are their token ids when the caller tokenizes them itself (teacher prompts).
     ``dtype`` (default ``cfg.dtype``) is the precision a model loaded here gets; a loaded model is used as is.
     The record's ``metrics`` are x 100; ``model`` describes what was evaluated.
+    ``journal``: a folder where answers are appended batch by batch (:class:`AnswerJournal`), so an
+    evaluation that is killed resumes with the questions it had not answered; the caller removes it.
     """
     task = get_task(task)
     examples = list(examples)
@@ -249,11 +258,26 @@ def evaluate_model(
     # under `accelerate launch` each process answers every N-th item; the answers are gathered in order
     d = dist()
     shard = list(range(d.rank, len(examples), d.world))
-    mine = generate_predictions(
-        model, tokenizer, [inputs[i] for i in shard], max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+    keys = [f"{ex.id}/{prompt_hash(p)}" for ex, p in zip(examples, prompts)]
+    book = None
+    if journal is not None:
+        book = AnswerJournal(journal, _journal_fingerprint(info, cfg, dtype), rank=d.rank)
+    done = book.load() if book is not None else {}
+    todo = [i for i in shard if keys[i] not in done]
+    if len(todo) < len(shard):
+        log.info("resuming: %d of %d answers come from %s", len(shard) - len(todo), len(shard), journal)
+
+    def record(idx: list[int], answers: list[str]) -> None:
+        book.append([(keys[todo[j]], a) for j, a in zip(idx, answers)])
+
+    fresh = generate_predictions(
+        model, tokenizer, [inputs[i] for i in todo], max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
         first_line=cfg.first_line, encoder_decoder=enc_dec, add_special_tokens=add_special_tokens,
         desc=f"evaluate {task.name}", progress=d.is_main, share_prefix=cfg.share_prefix,
-    )
+        on_batch=record if book is not None else None,
+    ) if todo else []
+    answered = dict(zip(todo, fresh))
+    mine = [answered[i] if i in answered else done[keys[i]] for i in shard]
     predictions = [""] * len(examples)
     for part in d.gather(list(zip(shard, mine))):
         for i, pred in part:
@@ -306,6 +330,70 @@ def _load(model_source, tokenizer, encoder_decoder, *, device, dtype):
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, enc_dec, info
+
+
+class AnswerJournal:
+    """The answers an unfinished evaluation has generated so far, so a killed one resumes where it stopped.
+
+    One file per process, ``<folder>/partial.<rank>.jsonl``: a header line ``{"fingerprint": ...}`` (the
+    model, its weight files and the generation settings), then one line per answer ``{"key", "answer"}``
+    (``key``: question id and prompt hash), appended after each batch with one write. :meth:`load` reads
+    every process's file whose header matches, so a resume may use another number of processes; a file
+    written for other weights or settings is ignored and, for this process's own file, removed. A torn
+    last line (a kill mid-append) is skipped. Greedy fp32 answers do not depend on which batch a question
+    lands in, so a resumed evaluation gives the answers of an uninterrupted one.
+    """
+
+    def __init__(self, folder: Path, fingerprint: dict[str, Any], *, rank: int = 0):
+        self.folder, self.fingerprint, self.path = Path(folder), fingerprint, Path(folder) / f"partial.{rank}.jsonl"
+
+    def _files(self) -> list[Path]:
+        return sorted(self.folder.glob("partial.*.jsonl")) if self.folder.is_dir() else []
+
+    def load(self) -> dict[str, str]:
+        from uld.io import read_jsonl, read_text
+
+        if self.path.is_file():
+            text = read_text(self.path)
+            if text and not text.endswith("\n"):
+                # a kill mid-append left a torn last line: drop it, so the next answer starts a line of its own
+                atomic_write_text(self.path, text[: text.rfind("\n") + 1])
+        out: dict[str, str] = {}
+        for path in self._files():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # another process's torn last line: skipped, as it should be
+                rows = read_jsonl(path)
+            if not rows or rows[0].get("fingerprint") != self.fingerprint:
+                log.info("%s: written for other weights or settings; not used", path)
+                if path == self.path:
+                    remove(path)
+                continue
+            for row in rows[1:]:
+                if isinstance(row.get("key"), str) and isinstance(row.get("answer"), str):
+                    out[row["key"]] = row["answer"]
+        return out
+
+    def append(self, answers: Sequence[tuple[str, str]]) -> None:
+        from uld.io import append_jsonl
+
+        if not self.path.exists():
+            atomic_write_text(self.path, json_dumps({"fingerprint": self.fingerprint}, indent=None) + "\n")
+        for key, answer in answers:
+            append_jsonl(self.path, {"key": key, "answer": answer})
+
+
+def _journal_fingerprint(info: dict[str, Any], cfg: EvaluationConfig, dtype: Optional[str]) -> dict[str, Any]:
+    """What the answers depend on: the model as described, the size and modification time of its local
+    weight files (a retrained checkpoint has new ones), and the generation settings."""
+    source = Path(str(info.get("source", "")))
+    weights = {}
+    if source.is_dir():
+        for f in sorted(source.glob("*.safetensors")):
+            st = f.stat()
+            weights[f.name] = [st.st_size, st.st_mtime_ns]
+    return json.loads(json_dumps({"model": info, "weights": weights, "max_new_tokens": cfg.max_new_tokens,
+                                  "first_line": cfg.first_line, "batch_size": cfg.batch_size, "dtype": dtype,
+                                  "share_prefix": cfg.share_prefix, "shots": cfg.shots}, indent=None))
 
 
 def _write_outputs(folder: Path, rows: list[dict[str, Any]], record: dict[str, Any]) -> None:
@@ -371,6 +459,7 @@ def _evaluate_run(cfg: ExperimentConfig, run: RunFolder, model_dir: str | os.Pat
     prompts, prompt_ids, shots = run_prompts(cfg, task, examples, resolved, tokenizer)
     rows, record = evaluate_model(
         resolved, task, examples, ev, prompts=prompts, prompt_ids=prompt_ids, tokenizer=tokenizer, device=cfg.device,
+        journal=run.file("eval"),  # replaced as a whole when the finished outputs are committed
     )
     record.update(checkpoint=checkpoint, run_id=run.id, method=cfg.training.method, shot_ids=[s.id for s in shots])
     on_main(lambda: _record_evaluation(cfg, run, folder if model_dir is None else None, rows, record))

@@ -188,6 +188,10 @@ def _decode(model, batch: _Batch, *, tokenizer, pad_id: int, max_new_tokens: int
     return out[:, prompt_len:].cpu().tolist()
 
 
+def _post(text: str, first_line: bool) -> str:
+    return keep_first_line(text) if first_line else text.strip()
+
+
 def _check_inputs(tokenizer, prompt_ids, batch_size: int) -> int:
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -213,12 +217,15 @@ def greedy_generate(
     share_prefix: bool = False,
     progress: Optional[Callable[[int, int], None]] = None,
     desc: Optional[str] = None,
+    on_batch: Optional[Callable[[list[int], list[str]], None]] = None,
 ) -> GenerationOutput:
     """Greedy decoding of tokenized prompts.
 
     ``share_prefix`` prefills each batch's common prefix once (decoder-only models; see the module
     docstring). ``progress(n_rows, n_new_tokens)`` is called after each batch; ``desc`` shows a tqdm
-    bar with items/s and tokens/s instead. The model is put in eval mode and restored afterwards.
+    bar with items/s and tokens/s instead. ``on_batch(indices, answers)`` gets each finished batch's
+    prompt indices and post-processed answers (what a resumable caller journals). The model is put in
+    eval mode and restored afterwards.
     """
     pad_id = _check_inputs(tokenizer, prompt_ids, batch_size)
     device = next(model.parameters()).device
@@ -249,6 +256,8 @@ def greedy_generate(
                 texts[i] = tokenizer.decode(new[r][: n_tokens[i]], skip_special_tokens=True)
                 batch_tokens += n_tokens[i]
             total_tokens += batch_tokens
+            if on_batch is not None:
+                on_batch(list(idx), [_post(texts[i], first_line) for i in idx])
             if progress is not None:
                 progress(len(idx), batch_tokens)
             if bar is not None:
@@ -259,5 +268,5 @@ def greedy_generate(
             bar.close()
         model.train(was_training)
     seconds = time.perf_counter() - start
-    answers = [keep_first_line(t) if first_line else t.strip() for t in texts]
+    answers = [_post(t, first_line) for t in texts]
     return GenerationOutput(texts, answers, n_tokens, seconds, prefill, pads)

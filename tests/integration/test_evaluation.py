@@ -168,3 +168,65 @@ def test_missing_checkpoint_is_a_clear_error(tiny_models, shared_data_dir, tmp_p
     run = RunFolder.for_config(cfg).init(cfg)
     with pytest.raises(EvaluationError, match="checkpoint folder .* does not exist"):
         evaluate_run(cfg, run)
+
+
+def test_a_killed_evaluation_resumes_with_the_answers_it_had(tiny_models, shared_data_dir, tmp_path, monkeypatch):
+    """Killed after its first batch, an evaluation resumes with the unanswered questions only and writes
+    the records of an uninterrupted one; the journal is gone once the results are committed."""
+    import uld.evaluation as ev
+
+    cfg = _config(tmp_path / "a", tiny_models, shared_data_dir)
+    cfg.data.test_size = 8
+    whole = RunFolder.for_config(cfg).init(cfg)
+    evaluate_run(cfg, whole)
+
+    cfg_b = _config(tmp_path / "b", tiny_models, shared_data_dir)
+    cfg_b.data.test_size = 8
+    run = RunFolder.for_config(cfg_b).init(cfg_b)
+    calls, append = [], ev.AnswerJournal.append
+
+    def dies_after_one_batch(self, answers):
+        if calls:
+            raise KeyboardInterrupt("killed")
+        calls.append(len(answers))
+        append(self, answers)
+
+    monkeypatch.setattr(ev.AnswerJournal, "append", dies_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_run(cfg_b, run)
+    assert calls == [3] and not run.is_complete  # batch_size 3: three answers journaled, then the kill
+    journal = run.file("eval", "partial.0.jsonl")
+    assert len(journal.read_text().splitlines()) == 1 + 3
+    monkeypatch.setattr(ev.AnswerJournal, "append", append)
+
+    asked: list[int] = []
+    generate = ev.generate_predictions
+    monkeypatch.setattr(ev, "generate_predictions", lambda model, tok, prompts, **kw: asked.append(len(prompts)) or generate(model, tok, prompts, **kw))
+    rec = evaluate_run(cfg_b, run)
+    assert asked == [5]  # only the questions without an answer
+    assert [r["prediction"] for r in _rows(run.path)] == [r["prediction"] for r in _rows(whole.path)]
+    assert rec["metrics"] == whole.read_json("scores.json")["metrics"]
+    assert not journal.exists()
+
+
+def test_answer_journal_keeps_only_answers_of_the_same_weights_and_settings(tmp_path):
+    from uld.evaluation import AnswerJournal
+
+    folder = tmp_path / "eval"
+    a = AnswerJournal(folder, {"model": "m", "weights": {"model.safetensors": [1, 2]}}, rank=0)
+    assert a.load() == {}
+    a.append([("q1/h", "Paris"), ("q2/h", "")])
+    # another process of a launch, same fingerprint: its answers count too
+    AnswerJournal(folder, a.fingerprint, rank=1).append([("q3/h", "1990")])
+    assert AnswerJournal(folder, a.fingerprint, rank=0).load() == {"q1/h": "Paris", "q2/h": "", "q3/h": "1990"}
+    # a kill mid-append: the torn line is dropped and the next answer starts a line of its own
+    with open(a.path, "a") as fh:
+        fh.write('{"key": "q4/h", "ans')
+    again = AnswerJournal(folder, a.fingerprint, rank=0)
+    assert again.load() == {"q1/h": "Paris", "q2/h": "", "q3/h": "1990"}
+    again.append([("q4/h", "Rome")])
+    assert again.load()["q4/h"] == "Rome"
+    # retrained weights (new modification time): nothing is reused, and this process's stale file goes
+    stale = AnswerJournal(folder, {"model": "m", "weights": {"model.safetensors": [1, 3]}}, rank=0)
+    assert stale.load() == {} and not a.path.exists()
+    assert (folder / "partial.1.jsonl").exists()  # another process's file is not this one's to remove

@@ -37,11 +37,12 @@ DATA = SHARED_DATA if (SHARED_DATA / "squad").is_dir() else REPO / "tests" / "fi
 UNSTABLE = {"tokens_per_s", "max_memory_mb", "wall_s", "resumed", "generation_seconds", "signal_seconds", "throughput",
             "since", "seconds"}
 # the default run's sample: one or two points of each kind of change, stage by stage
-# One point per stage and the journal's: the default run's smoke check of recovery. Every one of the
-# 104 points (these included) is killed and recovered by the full sweep below, which CI runs (make test-ci).
+# One point per stage, the evaluation's answer journal and the commit journal: the default run's smoke check of recovery. Every one of the
+# 110 points (these included) is killed and recovered by the full sweep below, which CI runs (make test-ci).
 SAMPLE = [
     ("replace", "before", "teacher/*/.done"),
     ("replace", "after", "runs/*/checkpoints/.state.old"),  # old state moved aside, new one not yet in place
+    ("append", "after", "runs/*/eval/partial.0.jsonl"),  # an evaluation killed with some answers journaled
     ("replace", "after", "runs/*/eval"),  # half-way through the evaluation's commit
     ("remove", "after", "runs/*/.commit.json"),
 ]
@@ -198,7 +199,7 @@ def test_a_kill_at_a_sampled_point_recovers(uld, tiny_models, reference, site):
 @pytest.mark.slow
 @pytest.mark.ci  # CI runs it after the default run (make test-ci)
 def test_a_kill_at_every_point_recovers(uld, tiny_models, reference):
-    """All distinct fault points (104 today: 30 in the teacher stage, 54 in training, 20 in evaluation); reports every one that fails, not just the first."""
+    """All distinct fault points (110 today: 30 in the teacher stage, 54 in training, 26 in evaluation); reports every one that fails, not just the first."""
     failures = []
     for site in reference[2]:
         try:
