@@ -31,7 +31,7 @@ from uld.data import encode_pair, encode_teacher_pair, get_task, test_split
 from uld.errors import EvaluationError
 from uld.evaluation import checkpoint_folder, evaluation_model, run_prompts
 from uld.io import atomic_write_json, read_jsonl
-from uld.metrics import normalize_answer
+from uld.metrics import normalize_answer, span_start_error
 from uld.models import bind_run_models, load_model, load_tokenizer
 from uld.signal import TeacherSignalStore, answer_logits
 from uld.store import RunFolder
@@ -43,23 +43,14 @@ __all__ = ["DIAGNOSTICS_FILE", "prediction_stats", "answer_confidence", "signal_
 DIAGNOSTICS_FILE = "diagnostics.json"
 
 
-def _first_word(text: str) -> str:
-    words = normalize_answer(text).split()
-    return words[0] if words else ""
-
-
 def prediction_stats(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Answer length, empty answers and span-start errors of prediction records (``prediction``, ``references``)."""
     lengths, empty, starts_wrong = [], 0, 0
     for row in rows:
-        pred = str(row["prediction"])
-        words = normalize_answer(pred).split()
-        lengths.append(len(words))
-        if not words:
-            empty += 1
-            continue
-        if words[0] not in {_first_word(r) for r in row["references"]}:
-            starts_wrong += 1
+        lengths.append(len(normalize_answer(str(row["prediction"])).split()))
+        wrong = span_start_error(row["prediction"], row["references"])
+        empty += wrong is None
+        starts_wrong += bool(wrong)
     n = len(rows)
     answered = n - empty
     return {"n": n, "mean_answer_words": float(np.mean(lengths)) if n else None, "empty": empty,

@@ -337,11 +337,11 @@ class AnswerJournal:
 
     One file per process, ``<folder>/partial.<rank>.jsonl``: a header line ``{"fingerprint": ...}`` (the
     model, its weight files and the generation settings), then one line per answer ``{"key", "answer"}``
-    (``key``: question id and prompt hash), appended after each batch with one write. :meth:`load` reads
-    every process's file whose header matches, so a resume may use another number of processes; a file
-    written for other weights or settings is ignored and, for this process's own file, removed. A torn
-    last line (a kill mid-append) is skipped. Greedy fp32 answers do not depend on which batch a question
-    lands in, so a resumed evaluation gives the answers of an uninterrupted one.
+    (``key``: question id and prompt hash), appended after each batch, each line with one write.
+    :meth:`load` reads every process's file whose header matches, so a resume may use another number of
+    processes; a file written for other weights or settings is ignored and, for this process's own file,
+    removed. A torn last line (a kill mid-append) is skipped. Greedy fp32 answers do not depend on which
+    batch a question lands in, so a resumed evaluation gives the answers of an uninterrupted one.
     """
 
     def __init__(self, folder: Path, fingerprint: dict[str, Any], *, rank: int = 0):

@@ -37,7 +37,7 @@ import string
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Optional, Sequence
 
 __all__ = [
     "ROUGE_TYPES",
@@ -48,6 +48,7 @@ __all__ = [
     "token_f1",
     "token_prf",
     "exact_match",
+    "span_start_error",
     "rouge_scores",
     "bertscore",
     "bertscore_settings",
@@ -172,6 +173,18 @@ def exact_match(prediction: str, references: list[str]) -> float:
     _check_references(references)
     pred = normalize_answer(prediction)
     return float(any(pred == normalize_answer(r) for r in references))
+
+
+def span_start_error(prediction: str, references: Sequence[str]) -> Optional[bool]:
+    """True when a non-empty answer's first normalised word is the first word of no reference
+    (e.g. "in 1960" against "1960"); None for an empty answer, which starts no span.
+
+    A diagnostic of where extractive answers go wrong, shared by the run diagnostics and the study breakdowns.
+    """
+    words = normalize_answer(str(prediction)).split()
+    if not words:
+        return None
+    return words[0] not in {(normalize_answer(str(r)).split() or [""])[0] for r in references}
 
 
 # --------------------------------------------------------------------------------------------------

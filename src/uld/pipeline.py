@@ -35,7 +35,7 @@ from uld.workers import map_in_workers, resolve_workers
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STAGES", "run_point", "run_experiment", "needs_teacher_stage"]
+__all__ = ["STAGES", "run_point", "run_experiment", "needs_teacher_stage", "shared_teacher_stages"]
 
 STAGES = ("teacher", "train", "evaluate")
 
@@ -105,6 +105,25 @@ def _record_teacher(run: RunFolder, teacher_dir: Path) -> None:
         atomic_write_json(run.file("teacher.json"), record)
 
 
+def shared_teacher_stages(points: Iterable[ExperimentConfig], *, stages: Iterable[str] = STAGES) -> list[Path]:
+    """Compute here, once each, the unfinished teacher stages that the unfinished ``points`` need; the
+    stage folders. Called before points go to worker processes: there a stage shared by the points would
+    run in one worker, on its share of the cores, while the other workers wait on its lock. A stage
+    another process is computing is waited for, as :func:`run_point` does."""
+    stages, done, out = tuple(stages), set(), []
+    if not ({"teacher", "train"} & set(stages)):
+        return out
+    for point in points:
+        if not needs_teacher_stage(point) or RunFolder.for_config(point).is_complete:
+            continue
+        stage = RunFolder.for_config(point, kind="teacher")
+        if stage.id in done:
+            continue
+        done.add(stage.id)
+        out.append(Path(run_teacher_stage(point, wait=True)))
+    return out
+
+
 def run_experiment(
     cfg: ExperimentConfig, *, force: bool = False, stages: Iterable[str] = STAGES, resume: bool = True, wait: bool = False,
     workers: Optional[int] = 1,
@@ -123,6 +142,8 @@ def run_experiment(
     if workers > 1 and len(points) > 1:
         if dist().world > 1:
             raise ConfigError("--workers starts its own processes: do not combine it with `accelerate launch`")
+        if not force:  # a forced point redoes its stage in its own worker, as it would one after another
+            shared_teacher_stages(points, stages=stages)
         return map_in_workers(_point_job, [(p, force, stages, resume, wait) for p in points], workers)
     runs = []
     for i, point in enumerate(points, 1):

@@ -67,9 +67,9 @@ def launch_missing(plan: TablePlan, *, force: bool = False, runner: Optional[Cal
     ``workers > 1`` runs the points in that many worker processes, the machine's cores split between
     them (``torch.set_num_threads``): on a small CPU several runs side by side use the cores better than
     one run on all of them. ``None`` takes :func:`uld.workers.default_workers` (2 on a CPU-only machine
-    with two or more points to run, else 1). A teacher stage shared by points is computed once (the
-    others wait for it). ``runner`` must then be a module-level function (it travels to the workers by
-    pickling).
+    with two or more points to run, else 1). A teacher stage shared by points is computed once, before
+    the workers start, on every core. ``runner`` must then be a module-level function (it travels to the
+    workers by pickling).
     """
     runner = runner or _run
     report = LaunchReport()
@@ -83,6 +83,13 @@ def launch_missing(plan: TablePlan, *, force: bool = False, runner: Optional[Cal
             log.info("[%d/%d] %s (%s)", i, len(todo), point.run.id, point.source.name)
             outcomes.append(_attempt(runner, point.cfg, point.run.id, force))
     else:
+        if runner is _run and not force:
+            from uld.pipeline import shared_teacher_stages
+
+            try:
+                shared_teacher_stages([p.cfg for p in todo])
+            except Exception:  # each point then meets the failure itself and is recorded as failed
+                log.exception("a shared teacher stage failed")
         outcomes = map_in_workers(_attempt, [(runner, p.cfg, p.run.id, force) for p in todo], workers)
     for point, (status, message, produced) in zip(todo, outcomes):
         if status == "busy":

@@ -21,6 +21,7 @@ from uld.metrics import (
     rouge_scores,
     score_corpus,
     score_examples,
+    span_start_error,
     token_f1,
     token_prf,
 )
@@ -355,3 +356,14 @@ def test_score_examples_with_bertscore(tiny_bert):
     direct = bertscore(PREDS, REFS, aggregate="none", **opts)
     assert [r["bertscore_f1"] for r in rows] == pytest.approx(direct["f1"], abs=1e-6)
     assert {"bertscore_precision", "bertscore_recall", "f1"} <= set(rows[0])
+
+
+def test_span_start_error_compares_first_normalized_words():
+    refs = ["the 1960s", "in the 1960s"]
+    # "The" is an article, dropped by normalisation: the answer starts like the first reference
+    assert span_start_error("The 1960s.", refs) is False
+    assert span_start_error("In 1960s", refs) is False  # starts like the second reference
+    assert span_start_error("during the 1960s", refs) is True
+    assert span_start_error(" the , ", refs) is None  # nothing left after normalisation: no span started
+    assert span_start_error("1960s", ["", "1960s"]) is False  # an empty reference starts with no word
+    assert span_start_error("x", [""]) is True

@@ -96,3 +96,65 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
+
+
+def test_a_shared_teacher_stage_is_computed_once_before_the_workers_start(tmp_path, monkeypatch):
+    """Ten points of one teacher stage: the stage runs once in the launching process (all its cores),
+    not in one worker while the other waits on its lock; finished or forced points change that as documented."""
+    from pathlib import Path
+
+    import uld.pipeline
+    from uld.config import expand_grid, load_config
+    from uld.store import RunFolder
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = load_config(repo / "experiments" / "powered" / "powered_2_main.yaml", [f"output_dir={tmp_path}"])
+    events = []
+    monkeypatch.setattr(uld.pipeline, "run_teacher_stage",
+                        lambda point, **kw: events.append(("stage", RunFolder.for_config(point, kind="teacher").id, kw))
+                        or tmp_path / "stage")
+    monkeypatch.setattr(uld.pipeline, "map_in_workers", lambda fn, jobs, workers: events.append(("workers", len(jobs))) or [])
+
+    uld.pipeline.run_experiment(cfg, workers=2)
+    stage_id = RunFolder.for_config(expand_grid(cfg)[0], kind="teacher").id
+    assert events == [("stage", stage_id, {"wait": True}), ("workers", 10)]
+
+    events.clear()
+    uld.pipeline.run_experiment(cfg, workers=2, stages=("evaluate",))  # no stage needs the teacher's answers
+    assert events == [("workers", 10)]
+    events.clear()
+    uld.pipeline.run_experiment(cfg, workers=2, force=True)  # each forced point redoes the stage itself
+    assert events == [("workers", 10)]
+
+    for point in expand_grid(cfg):  # every run finished: nothing left to need the stage
+        run = RunFolder.for_config(point)
+        run.init(point)
+        (run.path / "scores.json").write_text('{"metrics": {"f1": 1.0}}')
+    assert uld.pipeline.shared_teacher_stages(expand_grid(cfg)) == []
+
+
+def test_a_table_computes_its_shared_teacher_stage_before_the_workers(tmp_path, monkeypatch):
+    """`uld table` (launch_missing) does the same; a failing stage is logged and left to the points."""
+    from pathlib import Path
+
+    import uld.pipeline
+    import uld.tables
+    from uld.config import expand_grid, load_config
+    from uld.reporting.spec import GridPoint, TablePlan
+    from uld.store import RunFolder
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = load_config(repo / "experiments" / "powered" / "powered_2_main.yaml", [f"output_dir={tmp_path}"])
+    plan = TablePlan(spec=None, preset="full", store_root=tmp_path,
+                     points=[GridPoint(p, Path("powered_2_main.yaml"), RunFolder.for_config(p), {}) for p in expand_grid(cfg)])
+    events = []
+
+    def stage(point, **kw):
+        events.append("stage")
+        raise RuntimeError("no teacher here")
+
+    monkeypatch.setattr(uld.pipeline, "run_teacher_stage", stage)
+    monkeypatch.setattr(uld.tables, "map_in_workers",
+                        lambda fn, jobs, workers: events.append(("workers", len(jobs))) or [("failed", "x", [])] * len(jobs))
+    report = uld.tables.launch_missing(plan, workers=2)
+    assert events == ["stage", ("workers", 10)] and len(report.failed) == 10

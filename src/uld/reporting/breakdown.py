@@ -23,7 +23,7 @@ from typing import Any, Mapping, Optional, Sequence
 from uld.data import test_split
 from uld.errors import DataError
 from uld.io import read_jsonl
-from uld.metrics import normalize_answer
+from uld.metrics import normalize_answer, span_start_error
 from uld.reporting.stats import SeedQuestionCI, seed_question_ci, seed_question_matrix
 from uld.reporting.text import MISSING
 from uld.store import RunFolder
@@ -121,18 +121,18 @@ class AnswerShape:
 def answer_shape(runs_rows: Sequence[Sequence[Mapping[str, Any]]]) -> AnswerShape:
     """:class:`AnswerShape` of prediction records (``prediction``, ``references``), one sequence per run.
 
-    A span-start error is a non-empty answer whose first normalized word is the first word of no reference."""
+    Span-start errors as :func:`uld.metrics.span_start_error`."""
     lengths, firsts, empty, wrong = [], Counter(), 0, 0
     for rows in runs_rows:
         for row in rows:
             words = _words(row["prediction"])
             lengths.append(len(words))
-            if not words:
+            start = span_start_error(row["prediction"], row["references"])
+            if start is None:
                 empty += 1
                 continue
             firsts[words[0]] += 1
-            if words[0] not in {(_words(r) or [""])[0] for r in row["references"]}:
-                wrong += 1
+            wrong += start
     n = len(lengths)
     answered = n - empty
     if not n:
