@@ -88,6 +88,18 @@ def test_diagnostic_rows_and_figure(cells):
     margins = [float(c.lines[0].get_xdata()[0]) for c in fig.axes[0].containers]
     assert len(margins) == 2 and margins[0] != margins[1] and sum(margins) / 2 == pytest.approx(5.0)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["baseline", "low dose"]
+    # no arm pairs two seeds with a seed interval here: questions-only bars, hollow markers
+    row = arm_out["rows"][0]
+    assert all(r.get("seed_contrast") is None for r in arm_out["rows"])
+    bar = fig.axes[0].containers[0]
+    assert bar.lines[0].get_markerfacecolor() == "white"
+    assert sorted(bar.lines[2][0].get_segments()[0][:, 1]) == pytest.approx([row["contrast"].low, row["contrast"].high])
+    assert "seeds + questions" in fig.texts[0].get_text()
+    # with a seeds + questions interval, that one is drawn, filled
+    row["seed_contrast"] = SimpleNamespace(diff=-5.0, low=-9.0, high=-1.0)
+    bar = arms_figure(table).axes[0].containers[0]
+    assert bar.lines[0].get_markerfacecolor() != "white"
+    assert sorted(bar.lines[2][0].get_segments()[0][:, 1]) == pytest.approx([-9.0, -1.0])
 
 
 def test_dodge_spreads_only_points_that_share_an_x():

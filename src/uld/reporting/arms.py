@@ -196,8 +196,10 @@ def _dodge(xs: Sequence[float], width: float) -> list[float]:
 
 def arms_figure(table: Any, metric: str = "f1") -> Any:
     """ULD − λ=0 (paired 95% interval) per arm against (a) the teacher's F1 margin over the λ=0 student and
-    (b) the teacher signal's first-token top-1. Arms without a number are left out. Each arm keeps one
-    colour in both panels, named in a shared legend; arms at the same x are drawn side by side."""
+    (b) the teacher signal's first-token top-1. The interval counts seeds and questions (filled marker)
+    where two or more seeds pair, else questions only (hollow marker). Arms without a number are left out.
+    Each arm keeps one colour in both panels, named in a shared legend; arms at the same x are drawn side
+    by side."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
@@ -210,14 +212,16 @@ def arms_figure(table: Any, metric: str = "f1") -> Any:
         pts = [(i, r) for i, r in enumerate(rows) if r[key] is not None]
         xs = _dodge([float(r[key]) for _, r in pts], width=0.012)
         for x, (i, r) in zip(xs, pts):
-            ci = r["contrast"]
+            ci = r.get("seed_contrast") or r["contrast"]  # seeds + questions where two seeds pair, as the table
             ax.errorbar(x, ci.diff, yerr=[[ci.diff - ci.low], [ci.high - ci.diff]], fmt="o", capsize=3,
-                        color=colours[i])
+                        color=colours[i], mfc=colours[i] if r.get("seed_contrast") else "white")
         ax.axhline(0.0, color="grey", linewidth=1, linestyle="--")
         ax.set_xlabel(xlabel)
         if not pts:
             ax.text(0.5, 0.5, "no arm with both numbers yet", transform=ax.transAxes, ha="center", fontsize=8)
     axes[0].set_ylabel("ULD − λ=0 (F1, 95% CI)")
+    fig.text(0.99, 0.01, "filled: seeds + questions interval; hollow: questions only (< 2 paired seeds)",
+             ha="right", va="bottom", fontsize=6, color="grey")
     axes[0].set_title("(a) teacher headroom")
     axes[1].set_title("(b) teacher confidence")
     if rows:
