@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import sys
 
-from uld.reporting import Arm, ArmRows, BreakdownRows, Contrast, DiagnosticRows, SeedTable, SettingRows, arms_figure
+from uld.reporting import (Arm, ArmRows, BreakdownRows, Contrast, DiagnosticRows, RunRows, SeedTable, SettingRows,
+                           arms_figure)
 
 MAIN = "powered_2_main"
 ARMS = (Arm("strong teacher (fine-tuned), 10 epochs", uld=MAIN, lambda0=MAIN, teacher="powered_1_teacher_eval"),)
@@ -34,6 +35,7 @@ TABLE = SeedTable(
         Contrast(a="uld", b="lambda0"),
         ArmRows(arms=ARMS),
         DiagnosticRows(arms=ARMS),
+        RunRows(settings=("lambda0", "uld")),  # each run's best validation step (the plan's check 2, for all)
         BreakdownRows(uld=MAIN, lambda0=MAIN),  # first word, length, question type (exploratory)
     ),
     figure=arms_figure,

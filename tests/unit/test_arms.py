@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from uld.reporting import Arm, ArmRows, DiagnosticRows, arms_figure
+from uld.reporting import Arm, ArmRows, DiagnosticRows, RunRows, arms_figure
 from uld.reporting.arms import _dodge
 from uld.reporting.stats import paired_contrast
 from uld.store import RunFolder
@@ -108,3 +108,15 @@ def test_dodge_spreads_only_points_that_share_an_x():
     assert xs[:3] == pytest.approx([-0.1, 0.0, 0.1])  # centred on the shared x, one step (1% of span) apart
     assert _dodge([2.0], width=0.01) == [2.0] and _dodge([], width=0.01) == []
     assert _dodge([3.0, 3.0], width=0.5) == pytest.approx([2.75, 3.25])  # zero span: steps of width
+
+
+def test_run_rows_list_each_runs_best_step(cells):
+    l0 = next(p for p in cells.done if p.run.id == "l0-2")
+    l0.run.file("train_summary.json").write_text(json.dumps({"best_step": 110, "steps": 230, "best_val_loss": 0.7781}))
+    out = RunRows(settings=("lambda0", "uld")).collect(cells, ["f1"])
+    assert [(r["setting"], r["seed"]) for r in out["rows"]][:3] == [("lambda0", 1), ("lambda0", 2), ("uld", 1)]
+    assert {r["setting"] for r in out["rows"]} == {"lambda0", "uld"}  # the teacher's run is not a student's
+    assert len(out["rows"]) == 8 and len(out["records"]) == 8
+    text = "\n".join(RunRows(settings=("lambda0", "uld")).markdown(out, ["f1"]))
+    assert "| `l0-2` | lambda0 | 2 | 110 / 230 | 0.778 | 25.00 |" in text
+    assert "| `l0-1` | lambda0 | 1 | – / – | – | 25.00 |" in text  # no summary: said, not invented

@@ -7,7 +7,7 @@ folders), :mod:`~uld.reporting.compare` (paper tables: ours beside the authors')
 end to end (running what is missing) is :mod:`uld.tables`, one layer up.
 """
 
-from uld.reporting.arms import Arm, ArmRows, DiagnosticRows, arms_figure
+from uld.reporting.arms import Arm, ArmRows, DiagnosticRows, RunRows, arms_figure
 from uld.reporting.breakdown import Breakdown, BreakdownRows, contrast_breakdown
 from uld.reporting.compare import KEY_FIELDS, Comparison, ComparisonTable, cell_key
 from uld.reporting.figures import (FIGURES_ENV, RESULTS_ENV, authors_bars, figures_dir, results_dir, save_figure,
@@ -36,7 +36,7 @@ from uld.reporting.stats import (
 from uld.reporting.text import METRIC_LABELS, MISSING, SETTING_LABELS
 
 __all__ = [
-    "Arm", "ArmRows", "DiagnosticRows", "arms_figure", "Breakdown", "BreakdownRows", "contrast_breakdown",
+    "Arm", "ArmRows", "DiagnosticRows", "RunRows", "arms_figure", "Breakdown", "BreakdownRows", "contrast_breakdown",
     "TableSpec", "ComparisonTable", "SeedTable", "SettingRows", "Contrast", "FractionRows", "Comparison", "SeedResult",
     "GridPoint", "TablePlan", "plan_table", "load_spec", "table_names", "PRESETS", "EXPERIMENTS_DIR", "KEY_FIELDS", "cell_key",
     "SeedSummary", "seed_summary", "BootstrapCI", "paired_bootstrap_ci", "question_scores", "paired_contrast",

@@ -175,6 +175,42 @@ class DiagnosticRows:
         return latex_grid(*self.grid(out), align="c")
 
 
+@dataclass(frozen=True)
+class RunRows:
+    """One row per finished run of the given settings: seed, best validation step of its steps (from its
+    ``train_summary.json``), best validation loss and F1, so a reader sees whether training ran past
+    its best checkpoint in every run, not just the one a check looked at."""
+
+    settings: tuple[str, ...]
+    heading: str = "Runs: the checkpoint each was evaluated at"
+
+    def collect(self, cells, metrics: Sequence[str]) -> dict:
+        f1 = cells.runs[cells.runs["metric"] == "f1"].set_index("run_id")["value"]
+        rows = []
+        for p in sorted((p for p in cells.done if p.info["setting"] in self.settings),
+                        key=lambda p: (self.settings.index(p.info["setting"]), p.info.get("seed") or 0)):
+            summary = p.run.read_json("train_summary.json") if p.run.exists("train_summary.json") else {}
+            rows.append({"run_id": p.run.id, "setting": p.info["setting"], "seed": p.info.get("seed"),
+                         "best_step": summary.get("best_step"), "steps": summary.get("steps"),
+                         "best_val_loss": summary.get("best_val_loss"),
+                         "f1": float(f1[p.run.id]) if p.run.id in f1.index else None})
+        return {"panel": self, "rows": rows, "records": [{"part": "runs", **r} for r in rows]}
+
+    def grid(self, out: dict) -> tuple[list[str], list[list[str]]]:
+        head = ["Run", "Setting", "Seed", "Best step / steps", "Best val. loss", "F1"]
+        body = [[f"`{r['run_id']}`", r["setting"], MISSING if r["seed"] is None else str(r["seed"]),
+                 f"{_num(r['best_step'], 'd')} / {_num(r['steps'], 'd')}", _num(r["best_val_loss"], ".3f"),
+                 _num(r["f1"], ".2f")] for r in out["rows"]]
+        return head, body
+
+    def markdown(self, out: dict, metrics: Sequence[str]) -> list[str]:
+        return panel_markdown(self.heading, *self.grid(out),
+                              "Best step: the optimizer step of the lowest validation loss, the checkpoint evaluated.")
+
+    def latex(self, out: dict, metrics: Sequence[str]) -> list[str]:
+        return latex_grid(*self.grid(out), align="c")
+
+
 def _dodge(xs: Sequence[float], width: float) -> list[float]:
     """Spread points that share an x (within 1% of the axis span) side by side, centred on it, so arms
     with the same teacher (controls, doses) stay readable instead of stacking on one line."""
