@@ -26,6 +26,7 @@ from uld.config import ExperimentConfig, expand_grid
 from uld.errors import ConfigError
 from uld.distributed import dist, on_main
 from uld.evaluation import evaluate_run
+from uld.ids import teacher_stage_id
 from uld.io import atomic_write_json
 from uld.methods import get_method
 from uld.store import RunFolder
@@ -110,17 +111,16 @@ def shared_teacher_stages(points: Iterable[ExperimentConfig], *, stages: Iterabl
     stage folders. Called before points go to worker processes: there a stage shared by the points would
     run in one worker, on its share of the cores, while the other workers wait on its lock. A stage
     another process is computing is waited for, as :func:`run_point` does."""
-    stages, done, out = tuple(stages), set(), []
+    done, out = set(), []
     if not ({"teacher", "train"} & set(stages)):
         return out
     for point in points:
         if not needs_teacher_stage(point) or RunFolder.for_config(point).is_complete:
             continue
-        stage = RunFolder.for_config(point, kind="teacher")
-        if stage.id in done:
-            continue
-        done.add(stage.id)
-        out.append(Path(run_teacher_stage(point, wait=True)))
+        stage_id = teacher_stage_id(point)
+        if stage_id not in done:
+            done.add(stage_id)
+            out.append(Path(run_teacher_stage(point, wait=True)))
     return out
 
 
