@@ -16,11 +16,13 @@ Same as `uld table powered`.
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 from uld.reporting import (Arm, ArmRows, BreakdownRows, Contrast, DiagnosticRows, RunRows, SeedTable, SettingRows,
-                           arms_figure)
+                           paired_seeds_figure)
 
 MAIN = "powered_2_main"
+PAPER_GAIN = 2.3  # the paper's ULD − λ=0 on extractive QA (F1): the claim the plan tests, drawn in the figure
 ARMS = (Arm("strong teacher (fine-tuned), 10 epochs", uld=MAIN, lambda0=MAIN, teacher="powered_1_teacher_eval"),)
 
 TABLE = SeedTable(
@@ -38,7 +40,7 @@ TABLE = SeedTable(
         RunRows(settings=("lambda0", "uld")),  # each run's best validation step (the plan's check 2, for all)
         BreakdownRows(uld=MAIN, lambda0=MAIN),  # first word, length, question type (exploratory)
     ),
-    figure=arms_figure,
+    figure=partial(paired_seeds_figure, claim=(PAPER_GAIN, f"paper: +{PAPER_GAIN}")),
     label="powered",
     diagnose=True,
 )

@@ -10,8 +10,8 @@ end to end (running what is missing) is :mod:`uld.tables`, one layer up.
 from uld.reporting.arms import Arm, ArmRows, DiagnosticRows, RunRows, arms_figure
 from uld.reporting.breakdown import Breakdown, BreakdownRows, contrast_breakdown
 from uld.reporting.compare import KEY_FIELDS, Comparison, ComparisonTable, cell_key
-from uld.reporting.figures import (FIGURES_ENV, RESULTS_ENV, authors_bars, figures_dir, results_dir, save_figure,
-                                  settings_and_fractions_figure)
+from uld.reporting.figures import (FIGURES_ENV, RESULTS_ENV, authors_bars, figures_dir, paired_seeds_figure, results_dir,
+                                  save_figure, settings_and_fractions_figure)
 from uld.reporting.notebook import Notebook, panel_columns, setup as notebook_setup
 from uld.reporting.frames import STUDENT_PARAMS, cost_frame, curves_frame, fraction_frame, paired, size_frame
 from uld.reporting.seeds import Contrast, FractionRows, SeedResult, SeedTable, SettingRows, contrast_text, run_hardware
@@ -44,6 +44,6 @@ __all__ = [
     "SeedQuestionCI", "VarianceComponents", "seed_question_ci", "seed_paired_contrast", "variance_components",
     "planned_half_width", "minimum_detectable_effect",
     "paired", "fraction_frame", "size_frame", "cost_frame", "curves_frame", "STUDENT_PARAMS",
-    "results_dir", "figures_dir", "save_figure", "settings_and_fractions_figure", "authors_bars", "RESULTS_ENV", "FIGURES_ENV",
+    "results_dir", "figures_dir", "save_figure", "settings_and_fractions_figure", "paired_seeds_figure", "authors_bars", "RESULTS_ENV", "FIGURES_ENV",
     "METRIC_LABELS", "SETTING_LABELS", "MISSING", "Notebook", "notebook_setup", "panel_columns",
 ]

@@ -12,7 +12,7 @@ from uld.reporting.stats import seed_summary
 from uld.reporting.text import METRIC_LABELS, SETTING_LABELS
 
 __all__ = ["RESULTS_ENV", "FIGURES_ENV", "results_dir", "figures_dir", "save_figure", "settings_and_fractions_figure",
-           "authors_bars"]
+           "paired_seeds_figure", "authors_bars"]
 
 RESULTS_ENV = "ULD_RESULTS_DIR"
 FIGURES_ENV = "ULD_FIGURES_DIR"
@@ -94,6 +94,67 @@ def settings_and_fractions_figure(table: Any, metric: str = "f1") -> Any:
     ax_b.set_title("(b) training-set fraction")
     if ax_b.get_legend_handles_labels()[0]:
         ax_b.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def paired_seeds_figure(table: Any, metric: str = "f1", a: str = "uld", b: str = "lambda0",
+                        claim: tuple[float, str] | None = None) -> Any:
+    """Two panels for a study of ``a`` against ``b`` on paired seeds (full training slice): (a) each seed's
+    ``metric`` under both settings, joined by a line per seed; (b) each seed's ``a − b``, then their mean
+    with the table's seeds + questions 95% interval (thick) beside the questions-only one (thin, hollow).
+    Dashed: no difference; dotted: ``claim`` = (value, label), an effect under test (e.g. a paper's gain).
+    A seed missing either setting is left out; without two paired seeds panel (b) says so."""
+    import matplotlib.pyplot as plt
+
+    runs = table.runs
+    runs = runs[(runs["metric"] == metric) & (runs["train_fraction"] == 1.0) & runs["setting"].isin([a, b])]
+    wide = runs.pivot_table(index="seed", columns="setting", values="value", aggfunc="mean")
+    wide = wide.dropna() if {a, b} <= set(wide.columns) else wide.iloc[0:0]
+    seeds = [int(s) for s in wide.index]
+    label, la, lb = METRIC_LABELS.get(metric, metric), SETTING_LABELS.get(a, a), SETTING_LABELS.get(b, b)
+    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(9.5, 3.8), gridspec_kw={"width_ratios": [1, 1.4]})
+    colours = {s: plt.cm.tab10(i % 10) for i, s in enumerate(seeds)}
+
+    for s in seeds:
+        ax_a.plot([0, 1], [wide.loc[s, b], wide.loc[s, a]], marker="o", color=colours[s], label=f"seed {s}")
+    for x, setting in ((0, b), (1, a)):
+        if seeds:  # the mean over paired seeds, as a short black bar
+            ax_a.hlines(wide[setting].mean(), x - 0.12, x + 0.12, color="black", linewidth=2.5, zorder=3)
+    ax_a.set_xticks([0, 1], [lb, la])
+    ax_a.set_xlim(-0.4, 1.4)
+    ax_a.set_ylabel(label)
+    ax_a.set_title("(a) each seed, both settings" + ("" if seeds else ": no paired seeds yet"))
+    if seeds:
+        ax_a.legend(fontsize=7, frameon=False)
+
+    diffs = (wide[a] - wide[b]) if seeds else []
+    xs = list(range(1, len(seeds) + 1))
+    ax_b.scatter(xs, list(diffs), color=[colours[s] for s in seeds], zorder=3)
+    seed_ci, ci = getattr(table, "seed_contrast", None), table.contrast
+    ticks, names = xs, [f"seed {s}" for s in seeds]
+    if seed_ci is not None:
+        x = len(xs) + 1
+        ax_b.errorbar(x, seed_ci.diff, yerr=[[seed_ci.diff - seed_ci.low], [seed_ci.high - seed_ci.diff]], fmt="o",
+                      color="black", capsize=5, linewidth=2.5)
+        ticks, names = ticks + [x], names + ["mean\nseeds +\nquestions"]
+    if ci is not None:
+        x = len(xs) + (2 if seed_ci is not None else 1)
+        ax_b.errorbar(x, ci.diff, yerr=[[ci.diff - ci.low], [ci.high - ci.diff]], fmt="o", color="grey", mfc="white",
+                      capsize=3, linewidth=1)
+        ticks, names = ticks + [x], names + ["mean\nquestions\nonly"]
+    ax_b.axhline(0.0, color="grey", linewidth=1, linestyle="--")
+    if claim is not None:
+        low, high = ax_b.get_ylim()
+        pad = 0.08 * (max(high, claim[0]) - min(low, claim[0]))  # room for the claim's label inside the axes
+        ax_b.set_ylim(min(low, claim[0] - pad), max(high, claim[0] + pad))
+        ax_b.axhline(claim[0], color="tab:red", linewidth=1, linestyle=":")
+        ax_b.text(0.99, claim[0], claim[1], transform=ax_b.get_yaxis_transform(), ha="right", va="bottom",
+                  fontsize=7, color="tab:red")
+    ax_b.set_xticks(ticks, names, fontsize=7)
+    ax_b.set_xlim(0.4, max(ticks, default=1) + 0.6)
+    ax_b.set_ylabel(f"{la} − {lb} ({label}, 95% CI)")
+    ax_b.set_title(f"(b) {la} − {lb}" + ("" if len(seeds) >= 2 else ": fewer than 2 paired seeds"))
     fig.tight_layout()
     return fig
 

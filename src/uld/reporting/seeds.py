@@ -333,6 +333,11 @@ class SeedResult:
         return (self.panel(Contrast) or {"ci": None})["ci"]
 
     @property
+    def seed_contrast(self) -> Optional[SeedQuestionCI]:
+        """The :class:`Contrast` panel's seeds × questions interval (None without two paired seeds)."""
+        return (self.panel(Contrast) or {"seed_ci": None})["seed_ci"]
+
+    @property
     def contrast_line(self) -> str:
         out = self.panel(Contrast)
         return contrast_text(self.contrast, out["panel"].what if out else "ULD − λ=0", out["seed_ci"] if out else None)
