@@ -118,20 +118,19 @@ def paired_seeds_figure(table: Any, metric: str = "f1", a: str = "uld", b: str =
 
     for s in seeds:
         ax_a.plot([0, 1], [wide.loc[s, b], wide.loc[s, a]], marker="o", color=colours[s], label=f"seed {s}")
-    for x, setting in ((0, b), (1, a)):
-        if seeds:  # the mean over paired seeds, as a short black bar
+    if seeds:
+        for x, setting in ((0, b), (1, a)):  # the mean over paired seeds, as a short black bar
             ax_a.hlines(wide[setting].mean(), x - 0.12, x + 0.12, color="black", linewidth=2.5, zorder=3)
+        ax_a.legend(fontsize=7, frameon=False)
     ax_a.set_xticks([0, 1], [lb, la])
     ax_a.set_xlim(-0.4, 1.4)
     ax_a.set_ylabel(label)
     ax_a.set_title("(a) each seed, both settings" + ("" if seeds else ": no paired seeds yet"))
-    if seeds:
-        ax_a.legend(fontsize=7, frameon=False)
 
     diffs = (wide[a] - wide[b]) if seeds else []
     xs = list(range(1, len(seeds) + 1))
     ax_b.scatter(xs, list(diffs), color=[colours[s] for s in seeds], zorder=3)
-    seed_ci, ci = getattr(table, "seed_contrast", None), table.contrast
+    seed_ci, ci = table.seed_contrast, table.contrast
     ticks, names = xs, [f"seed {s}" for s in seeds]
     if seed_ci is not None:
         x = len(xs) + 1
